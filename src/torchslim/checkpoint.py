@@ -1,0 +1,235 @@
+"""Checkpoints: safetensors for the tensors, a small JSON spec for the architecture.
+
+One file holds both: the spec travels in the safetensors header's metadata under
+the key ``torchslim``. Loading never unpickles anything: safetensors reads raw
+tensors, and plain ``.pt`` state dicts are read with ``torch.load(weights_only=True)``.
+Writes are atomic (temporary file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from torchslim.errors import CheckpointError
+
+FORMAT = "torchslim.checkpoint/1"
+SPEC_KEY = "torchslim"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous tensors that do not share storage (safetensors needs that)."""
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else -1
+        if ptr in seen or not tensor.is_contiguous():
+            tensor = tensor.contiguous().clone()
+        seen.add(ptr)
+        state[name] = tensor
+    return state
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    spec: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> int:
+    """Save ``model`` (or explicit ``tensors``) with its JSON ``spec``; return the file's bytes.
+
+    Args:
+        model: the module whose state dict is saved (ignored when ``tensors`` is given).
+        path: the file to write (``.safetensors``); written atomically.
+        spec: JSON-serializable description of the architecture and provenance.
+        tensors: tensors to store instead of the state dict (e.g. a packed encoding).
+    """
+    payload = dict(spec or {})
+    payload.setdefault("format", FORMAT)
+    try:
+        metadata = {SPEC_KEY: json.dumps(payload, sort_keys=True)}
+    except TypeError as exc:
+        raise CheckpointError(
+            f"checkpoint spec is not JSON-serializable ({exc}); keep spec values to "
+            "str/int/float/bool/list/dict"
+        ) from exc
+    state = tensors if tensors is not None else _plain_state(model)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return Path(path).stat().st_size
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; pass the .safetensors file")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint's tensors and spec without building a model.
+
+    ``.safetensors`` files are read with safetensors; ``.pt``/``.pth``/``.bin`` state
+    dicts with ``torch.load(weights_only=True)`` (their spec is empty).
+    """
+    path = Path(path)
+    _check_file(path)
+    if path.suffix in {".pt", ".pth", ".bin"}:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read as a weights-only state dict ({first}); "
+                "save it with torch.save(model.state_dict(), path) or use .safetensors"
+            ) from exc
+        if (
+            isinstance(state, dict)
+            and "state_dict" in state
+            and isinstance(state["state_dict"], dict)
+        ):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise CheckpointError(
+                f"checkpoint {path} does not hold a state dict of tensors; "
+                "save it with torch.save(model.state_dict(), path)"
+            )
+        return dict(state), {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({first}); re-create it with "
+            "`torchslim train` or restore the file"
+        ) from exc
+    spec: dict[str, Any] = {}
+    if SPEC_KEY in metadata:
+        try:
+            spec = json.loads(metadata[SPEC_KEY])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(
+                f"checkpoint {path} has a corrupt spec ({exc.msg}); re-create the checkpoint"
+            ) from exc
+    return state, spec
+
+
+def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read only the JSON spec of a ``.safetensors`` checkpoint (cheap: header only)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({exc}); re-create it with `torchslim train`"
+        ) from exc
+    try:
+        return json.loads(metadata.get(SPEC_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path} has a corrupt spec ({exc.msg})") from exc
+
+
+def load_state_into(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> nn.Module:
+    """Copy ``state`` into ``model`` after checking every key and shape; name the first mismatch."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(
+            f"{source} does not match the architecture ({'; '.join(parts)}); "
+            "load it with the task or model it was saved from"
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source} does not match the architecture: {key} has shape "
+                f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model; "
+                "load it with the task or model it was saved from"
+            )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+ModelBuilder = Callable[[dict[str, Any]], nn.Module]
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    build: ModelBuilder | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint into ``model``, or rebuild the architecture from its spec.
+
+    Args:
+        path: checkpoint file.
+        model: a module of the right architecture to load into (modified in place).
+        build: function from spec to an empty module, used when ``model`` is None; by
+            default the reference-architecture registry (``spec["arch"]``).
+
+    Returns:
+        The loaded model in eval mode and the checkpoint's spec.
+    """
+    state, spec = read_checkpoint(path)
+    if model is None:
+        model = (build or build_from_spec)(spec)
+    load_state_into(model, state, source=f"checkpoint {path}")
+    return model.eval(), spec
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Build an empty model from ``spec["arch"] = {"name": ..., "kwargs": {...}}``."""
+    from torchslim.models import build_model
+
+    arch = spec.get("arch")
+    if not isinstance(arch, dict) or "name" not in arch:
+        raise CheckpointError(
+            "checkpoint has no architecture spec (it holds weights only); load it with "
+            "the task it was trained for, e.g. `torchslim measure TASK --checkpoint FILE`"
+        )
+    return build_model(arch["name"], **arch.get("kwargs", {}))

@@ -1,0 +1,490 @@
+"""Honest measurement: the Footprint of a model, all in one module.
+
+* parameters and non-zero parameters;
+* bytes of the saved artifact: a real file is written, re-loaded, and must give the
+  same outputs (never an estimate);
+* MACs and FLOPs, total and per layer, from ``torch.utils.flop_counter``;
+* the task's metric on the test split;
+* latency at batch 1 and batch N on a named runtime: warm-up, many repeats, median
+  and spread, a fixed thread count, and A/B models interleaved round by round.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from torchslim.checkpoint import atomic_path, build_from_spec, load_checkpoint, save_checkpoint
+from torchslim.errors import CheckpointError, ConfigError
+from torchslim.task import Task, call_model
+
+# ------------------------------------------------------------------ counting
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Number of parameters that are not exactly zero."""
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+
+
+@dataclass
+class LayerFootprint:
+    """Per-layer numbers: parameters, non-zeros and MACs for one example sample."""
+
+    name: str
+    type: str
+    params: int
+    nonzero_params: int
+    macs: int
+
+
+@dataclass
+class MacCount:
+    """MACs and FLOPs of one forward pass at batch size 1, total and per leaf module."""
+
+    macs: int
+    flops: int
+    per_layer: dict[str, int]
+
+
+def count_macs(model: nn.Module, inputs: Any) -> MacCount:
+    """Count MACs and FLOPs of ``model`` on ``inputs`` (batch 1) with torch's FlopCounterMode.
+
+    The counter covers matrix multiplies and convolutions (including grouped and
+    depthwise ones); it reports FLOPs = 2 × MACs for them. Element-wise work
+    (activations, normalization) is not counted, as is customary for MACs.
+    """
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            call_model(model, inputs)
+    finally:
+        model.train(was_training)
+    batch = _batch_of(inputs)
+    flops = counter.get_total_flops() // batch
+    per_layer: dict[str, int] = {}
+    leaves = {name for name, module in model.named_modules() if not list(module.children())}
+    for key, ops in counter.get_flop_counts().items():
+        name = key.split(".", 1)[1] if "." in key else ""
+        if name in leaves:
+            per_layer[name] = sum(ops.values()) // 2 // batch
+    return MacCount(macs=flops // 2, flops=flops, per_layer=per_layer)
+
+
+def _batch_of(inputs: Any) -> int:
+    from torchslim.task import batch_size_of
+
+    return max(1, batch_size_of(inputs))
+
+
+def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
+    """Per-layer parameters, non-zeros and MACs for every leaf module that has either."""
+    rows = []
+    for name, module in model.named_modules():
+        if list(module.children()):
+            continue
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        layer_macs = macs.per_layer.get(name, 0)
+        if params == 0 and layer_macs == 0:
+            continue
+        nonzero = sum(
+            int(torch.count_nonzero(p.detach())) for p in module.parameters(recurse=False)
+        )
+        rows.append(LayerFootprint(name, type(module).__name__, params, nonzero, layer_macs))
+    return rows
+
+
+# ------------------------------------------------------------------ artifacts
+
+
+@dataclass
+class ArtifactIO:
+    """How a model becomes a file and back: ``save(model, path)`` and ``load(path) -> model``."""
+
+    save: Callable[[nn.Module, Path], None]
+    load: Callable[[Path], nn.Module]
+    suffix: str = ".safetensors"
+
+
+def checkpoint_io(
+    task: Task | None, template: nn.Module, spec: dict[str, Any] | None = None
+) -> ArtifactIO:
+    """The default artifact: a safetensors checkpoint with a JSON spec (the task's by default).
+
+    Loading rebuilds the architecture from the spec when it names a reference
+    architecture, so the file alone is shown to be enough; otherwise it loads into a
+    copy of ``template``.
+    """
+    if spec is None:
+        spec = task.spec() if task is not None else {}
+
+    def save(model: nn.Module, path: Path) -> None:
+        save_checkpoint(model, path, spec)
+
+    def load(path: Path) -> nn.Module:
+        def build(saved: dict[str, Any]) -> nn.Module:
+            return build_from_spec(saved) if "arch" in saved else copy.deepcopy(template)
+
+        return load_checkpoint(path, build=build)[0]
+
+    return ArtifactIO(save, load)
+
+
+def existing_file_io(source: str | Path, template: nn.Module) -> ArtifactIO:
+    """An artifact that already exists: "saving" copies the file as is, loading reads it back."""
+
+    def save(model: nn.Module, path: Path) -> None:
+        if Path(path).resolve() != Path(source).resolve():
+            with atomic_path(path) as tmp:
+                shutil.copyfile(source, tmp)
+
+    def load(path: Path) -> nn.Module:
+        return load_checkpoint(path, model=copy.deepcopy(template))[0]
+
+    return ArtifactIO(save, load, suffix=Path(source).suffix)
+
+
+def artifact_bytes(
+    model: nn.Module,
+    path: str | Path,
+    inputs: Any,
+    io: ArtifactIO | None = None,
+    atol: float = 0.0,
+) -> int:
+    """Save ``model`` to ``path``, load it back, check its outputs, return the file's bytes.
+
+    Raises:
+        CheckpointError: the re-loaded model's outputs differ from the original's by
+            more than ``atol`` (the artifact would not reproduce the metric).
+    """
+    io = io or checkpoint_io(None, model)
+    path = Path(path)
+    io.save(model, path)
+    size = path.stat().st_size
+    reloaded = io.load(path)
+    model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        expected = call_model(model, inputs)
+        actual = call_model(reloaded, inputs)
+    diff = float((expected.float() - actual.float()).abs().max()) if expected.numel() else 0.0
+    if not diff <= atol:
+        raise CheckpointError(
+            f"artifact {path} does not reproduce the model (max abs diff {diff:.3g} > {atol}); "
+            "this is a bug in the artifact format, please report it"
+        )
+    return size
+
+
+# ------------------------------------------------------------------ latency
+
+Runner = Callable[[Any], Any]
+RUNTIMES: dict[str, Callable[[nn.Module, Any], Runner]] = {}
+
+
+def register_runtime(name: str):
+    """Register ``prepare(model, example_inputs) -> run(inputs)`` for a runtime name."""
+
+    def decorator(
+        prepare: Callable[[nn.Module, Any], Runner],
+    ) -> Callable[[nn.Module, Any], Runner]:
+        RUNTIMES[name] = prepare
+        return prepare
+
+    return decorator
+
+
+@register_runtime("torch")
+def _torch_eager(model: nn.Module, example_inputs: Any) -> Runner:
+    model.eval()
+
+    def run(inputs: Any) -> Any:
+        with torch.inference_mode():
+            return call_model(model, inputs)
+
+    return run
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one model at one batch size, in milliseconds per call."""
+
+    batch_size: int
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    repeats: int
+
+    @property
+    def spread_ms(self) -> float:
+        """Inter-quartile range."""
+        return self.p75_ms - self.p25_ms
+
+
+class threads_fixed:  # noqa: N801 - used as a context manager
+    """Fix torch's intra-op thread count for a block, then restore it."""
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
+
+    def __enter__(self) -> threads_fixed:
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
+
+
+def benchmark_latency(
+    models: Sequence[nn.Module],
+    inputs: Any,
+    runtime: str = "torch",
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int | None = None,
+    target_seconds: float = 1.0,
+) -> list[LatencyStats]:
+    """Median latency of each model on the same inputs, runs interleaved round by round.
+
+    Interleaving (A, B, A, B, ...) spreads machine noise evenly over the models being
+    compared, so their ratio is fair on a shared machine. Each timed sample loops
+    enough calls to last at least 0.2 ms; the number of rounds defaults to what fits
+    in ``target_seconds`` per model (between 15 and 300).
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r} is unknown; use one of {sorted(RUNTIMES)}")
+    batch = _batch_of(inputs)
+    with threads_fixed(threads):
+        runners = [RUNTIMES[runtime](model, inputs) for model in models]
+        inner, per_call = [], []
+        for run in runners:
+            for _ in range(warmup):
+                run(inputs)
+            start = time.perf_counter()
+            run(inputs)
+            elapsed = max(time.perf_counter() - start, 1e-6)
+            inner.append(max(1, int(2e-4 / elapsed)))
+            per_call.append(elapsed)
+        if repeats is None:
+            repeats = int(min(300, max(15, target_seconds / max(per_call))))
+        samples: list[list[float]] = [[] for _ in runners]
+        for _ in range(repeats):
+            for index, run in enumerate(runners):
+                start = time.perf_counter()
+                for _ in range(inner[index]):
+                    run(inputs)
+                samples[index].append((time.perf_counter() - start) * 1e3 / inner[index])
+    stats = []
+    for times in samples:
+        quartiles = statistics.quantiles(times, n=4)
+        stats.append(
+            LatencyStats(
+                batch, statistics.median(times), quartiles[0], quartiles[2], min(times), repeats
+            )
+        )
+    return stats
+
+
+# ------------------------------------------------------------------ footprint
+
+
+@dataclass
+class Footprint:
+    """What one model costs and scores, measured (the keys are a documented contract)."""
+
+    metric: float
+    metric_name: str
+    params: int
+    nonzero_params: int
+    artifact_bytes: int
+    macs: int
+    flops: int
+    latency_ms: dict[str, float]
+    latency_spread_ms: dict[str, float]
+    runtime: str
+    threads: int
+    batch_n: int
+    artifact: str | None
+    per_layer: list[LayerFootprint] = field(default_factory=list)
+    simulated: bool = False
+
+    def to_dict(self, per_layer: bool = True) -> dict[str, Any]:
+        """JSON-ready dict (see docs/architecture.md for the keys)."""
+        data = asdict(self)
+        if not per_layer:
+            data.pop("per_layer")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Footprint:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["per_layer"] = [LayerFootprint(**row) for row in data.get("per_layer", [])]
+        return cls(**data)
+
+
+@dataclass
+class Comparison:
+    """A candidate against a baseline: ratios > 1 mean the candidate is smaller / faster."""
+
+    size_ratio: float
+    params_ratio: float
+    macs_ratio: float
+    speedup: dict[str, float]
+    metric_drop: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ratio(before: float, after: float) -> float:
+    return float(before) / float(after) if after else float("inf")
+
+
+def compare(baseline: Footprint, candidate: Footprint) -> Comparison:
+    """Ratios of baseline over candidate (size, params, MACs, latency) and the metric drop.
+
+    ``params_ratio`` uses non-zero parameters, so unstructured sparsity counts;
+    ``size_ratio`` uses artifact bytes, which is what the sparsity is worth on disk.
+    """
+    speedup = {
+        key: _ratio(baseline.latency_ms[key], candidate.latency_ms[key])
+        for key in baseline.latency_ms
+        if key in candidate.latency_ms
+    }
+    return Comparison(
+        size_ratio=_ratio(baseline.artifact_bytes, candidate.artifact_bytes),
+        params_ratio=_ratio(baseline.nonzero_params, candidate.nonzero_params),
+        macs_ratio=_ratio(baseline.macs, candidate.macs),
+        speedup=speedup,
+        metric_drop=baseline.metric - candidate.metric,
+    )
+
+
+def measure(
+    model: nn.Module,
+    task: Task,
+    *,
+    artifact: str | Path | None = None,
+    io: ArtifactIO | None = None,
+    runtime: str = "torch",
+    batch_n: int = 64,
+    threads: int = 1,
+    latency: bool = True,
+    split: str = "test",
+    simulated: bool = False,
+) -> Footprint:
+    """Measure one model's Footprint on a task. See :func:`measure_many` for A/B comparisons."""
+    return measure_many(
+        [model],
+        task,
+        artifacts=[artifact],
+        ios=[io],
+        runtime=runtime,
+        batch_n=batch_n,
+        threads=threads,
+        latency=latency,
+        split=split,
+        simulated=[simulated],
+    )[0]
+
+
+def measure_many(
+    models: Sequence[nn.Module],
+    task: Task,
+    *,
+    artifacts: Sequence[str | Path | None] | None = None,
+    ios: Sequence[ArtifactIO | None] | None = None,
+    runtime: str = "torch",
+    batch_n: int = 64,
+    threads: int = 1,
+    latency: bool = True,
+    split: str = "test",
+    simulated: Sequence[bool] | None = None,
+) -> list[Footprint]:
+    """Measure several models on one task, with their latencies interleaved in one run.
+
+    Args:
+        models: the models (e.g. baseline first, then candidates); none is modified.
+        task: supplies the metric, the data and the example inputs.
+        artifacts: where to keep each artifact file (None: a temporary file, deleted).
+        ios: how to save/load each model (default: safetensors checkpoint + spec).
+        runtime: latency runtime name (see ``RUNTIMES``).
+        batch_n: the larger batch size timed besides batch 1.
+        threads: intra-op threads during timing.
+        latency: time the models (False skips it; latency fields are then empty).
+        split: data split for the metric.
+        simulated: per model, whether its numbers are simulated (e.g. fake-quant).
+    """
+    count = len(models)
+    artifacts = list(artifacts or [None] * count)
+    ios = list(ios or [None] * count)
+    simulated = list(simulated or [False] * count)
+    if not (len(artifacts) == len(ios) == len(simulated) == count):
+        raise ConfigError("measure_many needs one artifact, io and simulated flag per model")
+    if batch_n < 1:
+        raise ConfigError(f"batch_n must be >= 1, got {batch_n}")
+    for model in models:
+        task.check_inputs(model)
+    one = task.inputs(1)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="torchslim-") as tmp:
+        for index, model in enumerate(models):
+            io = ios[index] or checkpoint_io(task, model)
+            path = Path(artifacts[index] or Path(tmp) / f"model{index}{io.suffix}")
+            size = artifact_bytes(model, path, task.inputs(8), io)
+            macs = count_macs(model, one)
+            results.append(
+                {
+                    "metric": task.evaluate(model, split),
+                    "params": count_parameters(model),
+                    "nonzero_params": count_nonzero(model),
+                    "artifact_bytes": size,
+                    "macs": macs.macs,
+                    "flops": macs.flops,
+                    "per_layer": layer_table(model, macs),
+                    "artifact": str(path) if artifacts[index] else None,
+                }
+            )
+    latency_ms: list[dict[str, float]] = [{} for _ in models]
+    spread_ms: list[dict[str, float]] = [{} for _ in models]
+    if latency:
+        for key, size in (("batch_1", 1), ("batch_N", batch_n)):
+            stats = benchmark_latency(models, task.inputs(size), runtime=runtime, threads=threads)
+            for index, stat in enumerate(stats):
+                latency_ms[index][key] = round(stat.median_ms, 6)
+                spread_ms[index][key] = round(stat.spread_ms, 6)
+    return [
+        Footprint(
+            metric_name=task.metric_name,
+            latency_ms=latency_ms[index],
+            latency_spread_ms=spread_ms[index],
+            runtime=runtime,
+            threads=threads,
+            batch_n=batch_n,
+            simulated=simulated[index],
+            **results[index],
+        )
+        for index in range(count)
+    ]

@@ -1,0 +1,98 @@
+"""Terminal tables of footprints, rendered with rich."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from torchslim.measure import Footprint, compare
+
+
+def human_bytes(size: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def human_count(count: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f}{unit}"
+    return f"{count:.0f}"
+
+
+def footprint_table(
+    rows: Sequence[tuple[str, Footprint]], title: str = "footprint", baseline: int | None = 0
+) -> Table:
+    """One row per named footprint; ratios against row ``baseline`` when there are several."""
+    first = rows[0][1]
+    table = Table(title=title, title_justify="left")
+    table.add_column("model")
+    table.add_column(first.metric_name, justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("non-zero", justify="right")
+    table.add_column("artifact", justify="right")
+    table.add_column("MACs", justify="right")
+    batch_n = first.batch_n
+    if first.latency_ms:
+        table.add_column(f"b1 ms ({first.runtime}, {first.threads}T)", justify="right")
+        table.add_column(f"b{batch_n} ms", justify="right")
+    compared = baseline is not None and len(rows) > 1
+    if compared:
+        table.add_column("size x", justify="right")
+        table.add_column("MACs x", justify="right")
+        table.add_column("speedup b1", justify="right")
+        table.add_column("drop", justify="right")
+    for name, fp in rows:
+        cells = [
+            name + (" (simulated)" if fp.simulated else ""),
+            f"{fp.metric:.4f}",
+            human_count(fp.params),
+            human_count(fp.nonzero_params),
+            human_bytes(fp.artifact_bytes),
+            human_count(fp.macs),
+        ]
+        if first.latency_ms:
+            cells += [
+                f"{fp.latency_ms.get('batch_1', float('nan')):.3f}",
+                f"{fp.latency_ms.get('batch_N', float('nan')):.3f}",
+            ]
+        if compared:
+            ratio = compare(rows[baseline][1], fp)
+            cells += [
+                f"{ratio.size_ratio:.2f}",
+                f"{ratio.macs_ratio:.2f}",
+                f"{ratio.speedup.get('batch_1', float('nan')):.2f}",
+                f"{ratio.metric_drop:+.4f}",
+            ]
+        table.add_row(*cells)
+    return table
+
+
+def layer_table_view(footprint: Footprint, title: str = "per layer") -> Table:
+    """Per-layer parameters, non-zeros and MACs."""
+    table = Table(title=title, title_justify="left")
+    for column in ("layer", "type", "params", "non-zero", "MACs", "MACs %"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    total = max(footprint.macs, 1)
+    for row in footprint.per_layer:
+        table.add_row(
+            row.name,
+            row.type,
+            f"{row.params:,}",
+            f"{row.nonzero_params:,}",
+            f"{row.macs:,}",
+            f"{100 * row.macs / total:.1f}",
+        )
+    return table
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """Print a table to stdout."""
+    (console or Console()).print(table)

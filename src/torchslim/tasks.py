@@ -1,0 +1,199 @@
+"""Built-in tasks by name, and user tasks as ``path/to/file.py:function``."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchslim.data import (
+    load_cifar10,
+    load_digits,
+    load_digits32,
+    load_mnist1d,
+)
+from torchslim.errors import ConfigError, TaskError
+from torchslim.task import Task, TrainConfig
+
+DEFAULT_TASK = "mnist1d-cnn"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A registered task: its builder and a one-line description."""
+
+    name: str
+    build: Callable[..., Task]
+    description: str
+    needs_data_dir: bool = False
+
+
+TASKS: dict[str, TaskEntry] = {}
+
+
+def register_task(name: str, description: str, needs_data_dir: bool = False):
+    """Register ``build(data_dir=None) -> Task`` under ``name``."""
+
+    def decorator(build: Callable[..., Task]) -> Callable[..., Task]:
+        TASKS[name] = TaskEntry(name, build, description, needs_data_dir)
+        return build
+
+    return decorator
+
+
+@register_task("mnist1d-cnn", "MNIST-1D (generated) with the paper's 25-channel 1-D CNN (default)")
+def mnist1d_cnn(data_dir: str | None = None) -> Task:
+    splits = load_mnist1d()
+    return Task(
+        name="mnist1d-cnn",
+        model="mnist1d_cnn",
+        train=splits.train,
+        val=splits.val,
+        test=splits.test,
+        train_config=TrainConfig(optimizer="adam", lr=1e-2, epochs=150, batch_size=100, seed=0),
+        source="mnist1d-cnn",
+    )
+
+
+@register_task("digits-mlp", "scikit-learn digits (8x8) with a LeNet-300-100-shaped MLP")
+def digits_mlp(data_dir: str | None = None) -> Task:
+    splits = load_digits()
+    return Task(
+        name="digits-mlp",
+        model="mlp",
+        model_kwargs={"in_features": 64, "hidden": [300, 100], "num_classes": 10},
+        train=splits.train,
+        val=splits.val,
+        test=splits.test,
+        train_config=TrainConfig(optimizer="adam", lr=1e-3, epochs=40, batch_size=64, seed=0),
+        source="digits-mlp",
+    )
+
+
+def _digits32(name: str, model: str, epochs: int, lr: float, **kwargs: Any) -> Task:
+    splits = load_digits32()
+    return Task(
+        name=name,
+        model=model,
+        model_kwargs=kwargs,
+        train=splits.train,
+        val=splits.val,
+        test=splits.test,
+        train_config=TrainConfig(
+            optimizer="sgd", lr=lr, epochs=epochs, batch_size=64, seed=0, weight_decay=5e-4
+        ),
+        source=name,
+    )
+
+
+@register_task("digits32-vgg", "digits upsampled to 3x32x32 with the 8-conv VGG-style network")
+def digits32_vgg(data_dir: str | None = None) -> Task:
+    return _digits32("digits32-vgg", "vgg_cifar", epochs=15, lr=0.02)
+
+
+@register_task("digits32-resnet", "digits upsampled to 3x32x32 with a small ResNet")
+def digits32_resnet(data_dir: str | None = None) -> Task:
+    return _digits32("digits32-resnet", "resnet_small", epochs=20, lr=0.05)
+
+
+@register_task("digits32-mobilenet", "digits upsampled to 3x32x32 with a MobileNet-style net")
+def digits32_mobilenet(data_dir: str | None = None) -> Task:
+    return _digits32("digits32-mobilenet", "mobilenet_small", epochs=20, lr=0.05)
+
+
+@register_task(
+    "cifar10-vgg", "CIFAR-10 (python batches in --data-dir) with the VGG-style network", True
+)
+def cifar10_vgg(data_dir: str | None = None) -> Task:
+    if data_dir is None:
+        raise TaskError(
+            "task 'cifar10-vgg' needs the CIFAR-10 python batches: pass --data-dir DIR "
+            "(the folder holding data_batch_1..5 and test_batch)"
+        )
+    splits = load_cifar10(data_dir)
+    return Task(
+        name="cifar10-vgg",
+        model="vgg_cifar",
+        train=splits.train,
+        val=splits.val,
+        test=splits.test,
+        train_config=TrainConfig(
+            optimizer="sgd", lr=0.05, epochs=30, batch_size=128, seed=0, weight_decay=5e-4
+        ),
+        source="cifar10-vgg",
+    )
+
+
+def list_tasks() -> list[TaskEntry]:
+    """The registered built-in tasks."""
+    return list(TASKS.values())
+
+
+def get(name: str, data_dir: str | None = None) -> Task:
+    """A task by built-in name or as ``path/to/file.py:function``.
+
+    Raises:
+        TaskError: unknown name, missing file or function, or a function that does
+            not return a Task.
+    """
+    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+        return _load_user_task(name, data_dir)
+    if name not in TASKS:
+        raise TaskError(
+            f"unknown task {name!r}; use one of {', '.join(sorted(TASKS))} "
+            "or path/to/file.py:function"
+        )
+    return TASKS[name].build(data_dir=data_dir)
+
+
+def _load_user_task(reference: str, data_dir: str | None) -> Task:
+    file_name, function_name = reference.rsplit(":", 1)
+    path = Path(file_name)
+    if not path.is_file():
+        raise TaskError(f"task file {path} does not exist; pass path/to/file.py:function")
+    module_name = f"torchslim_user_task_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise TaskError(f"task file {path} cannot be imported as Python; check the file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise TaskError(f"task file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        available = sorted(
+            n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+        )
+        raise TaskError(
+            f"task file {path} has no function {function_name!r}; "
+            f"functions there: {', '.join(available) or 'none'}"
+        )
+    try:
+        task = function(data_dir=data_dir) if _accepts(function, "data_dir") else function()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"{reference} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(task, Task):
+        raise TaskError(
+            f"{reference} returned {type(task).__name__}, not a torchslim.Task; "
+            "return torchslim.Task(name=..., model=..., train=..., val=..., test=...)"
+        )
+    if task.source is None:
+        task.source = f"{path.resolve()}:{function_name}"
+    return task
+
+
+def _accepts(function: Callable[..., Any], argument: str) -> bool:
+    import inspect
+
+    try:
+        return argument in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,34 @@
+"""Shared fixtures: an isolated cache, quiet progress bars, tiny tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import torchslim as ts
+from helpers import blobs, tiny_mlp
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session trains into its own cache, never the user's."""
+    cache = tmp_path_factory.mktemp("torchslim-cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("TORCHSLIM_CACHE", str(cache))
+    patcher.setenv("TORCHSLIM_PROGRESS", "0")
+    yield cache
+    patcher.undo()
+
+
+@pytest.fixture
+def tiny_task() -> ts.Task:
+    """A 3-class blob task with a 2-layer MLP, trained for 5 epochs."""
+    return ts.Task(
+        name="tiny",
+        model=tiny_mlp,
+        train=blobs(240, seed=0),
+        val=blobs(60, seed=1),
+        test=blobs(90, seed=2),
+        train_config=ts.TrainConfig(lr=0.05, epochs=5, batch_size=32, seed=0),
+    )
