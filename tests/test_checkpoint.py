@@ -82,7 +82,7 @@ class Exploit:
 def test_pickled_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with path.open("wb") as handle:
-        pickle.dump({"weight": Exploit()}, handle)
+        pickle.dump({"weight": Exploit()}, handle, protocol=2)
     with pytest.raises(ts.CheckpointError, match="cannot be read as a weights-only state dict"):
         ts.load_checkpoint(path, model=build_model("mlp"))
     assert "this must never run" not in capsys.readouterr().out

@@ -168,3 +168,12 @@ def test_mnist1d_cnn_reaches_85_percent():
     accuracy = task.evaluate(model, "test")
     assert accuracy >= 0.85, accuracy
     assert ts.count_parameters(model) == 5210
+
+
+def test_building_and_training_leave_the_callers_rng_alone(tiny_task):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny_task.fingerprint()
+    tiny_task.fit(tiny_task.build_model(), epochs=1)
+    assert torch.equal(torch.rand(3), expected)

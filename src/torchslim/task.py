@@ -215,12 +215,13 @@ class Task:
         """A fresh, untrained (or as-given) model; deterministic for the task's seed."""
         if self._original is not None:
             return copy.deepcopy(self._original)
-        torch.manual_seed(self.train_config.seed)
-        if isinstance(self.model, str):
-            from torchslim.models import build_model
+        with torch.random.fork_rng(devices=[]):  # seed the build, leave the caller's RNG alone
+            torch.manual_seed(self.train_config.seed)
+            if isinstance(self.model, str):
+                from torchslim.models import build_model
 
-            return build_model(self.model, **self.model_kwargs)
-        built = self.model()  # type: ignore[operator]
+                return build_model(self.model, **self.model_kwargs)
+            built = self.model()  # type: ignore[operator]
         if not isinstance(built, nn.Module):
             raise ConfigError(
                 f"task {self.name!r}: the model factory returned {type(built).__name__}, "
@@ -338,7 +339,21 @@ class Task:
         lr = config.lr if lr is None else lr
         if epochs < 0 or not (lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"fit needs epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
-        torch.manual_seed(config.seed)
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG is left alone
+            torch.manual_seed(config.seed)
+            return self._fit(model, epochs, lr, objective, after_step, progress, description)
+
+    def _fit(
+        self,
+        model: nn.Module,
+        epochs: int,
+        lr: float,
+        objective: Objective | None,
+        after_step: StepHook | None,
+        progress: bool,
+        description: str,
+    ) -> TrainResult:
+        config = self.train_config
         loader = self.loader("train", shuffle=True)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = _make_optimizer(config.optimizer, params, lr, config.weight_decay)
