@@ -91,3 +91,13 @@ def test_from_dict_rejects_unknown_types_and_fields():
         config_from_dict({"type": "test_scale_weights", "factor": 3})
     scoped = config_from_dict({"type": "test_scale_weights", "scope": {"exclude": ["0"]}})
     assert scoped.scope == Scope(exclude=("0",))
+
+
+def test_from_dict_checks_field_types():
+    with pytest.raises(
+        ts.ConfigError, match=r"test_scale_weights.factor must be float, got 'half'"
+    ):
+        config_from_dict({"type": "test_scale_weights", "factor": "half"})
+    with pytest.raises(ts.ConfigError, match=r"must be float, got True"):
+        config_from_dict({"type": "test_scale_weights", "factor": True})
+    assert config_from_dict({"type": "test_scale_weights", "factor": 1}).factor == 1.0

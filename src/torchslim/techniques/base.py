@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -136,27 +137,81 @@ def config_to_dict(config: TechniqueConfig) -> dict[str, Any]:
     return data
 
 
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        return "a list"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Turn YAML/JSON values into the field's declared type (lists -> tuples, dicts -> Scope)."""
+    """Check ``value`` against the field's declared type and convert YAML/JSON shapes.
+
+    Lists become tuples, dicts become Scope, ints become floats where a float is
+    declared. A value of the wrong type raises ConfigError naming the field and
+    the expected type.
+    """
+    if annotation is Any:
+        return value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if annotation is Scope and isinstance(value, dict):
-        return Scope.from_dict(value, where)
-    if origin is tuple and isinstance(value, list):
-        inner = args[0] if args else Any
-        return tuple(_coerce(v, inner, where) for v in value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
+        errors = []
         for option in args:
-            if option is type(None):
-                continue
-            if option is Scope and isinstance(value, dict):
-                return Scope.from_dict(value, where)
-            if typing.get_origin(option) is tuple and isinstance(value, list):
+            try:
                 return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{where} must be {_type_name(annotation)}, got {value!r}")
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif origin is typing.Literal:
+        if value in args:
+            return value
+    elif annotation is Scope:
+        if isinstance(value, Scope):
+            return value
+        if isinstance(value, dict):
+            return Scope.from_dict(value, where)
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            if args and len(args) == len(value):
+                return tuple(
+                    _coerce(v, a, f"{where}[{i}]")
+                    for i, (v, a) in enumerate(zip(args, value, strict=True))
+                )
+            if not args:
+                return tuple(value)
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+    else:
         return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+    raise ConfigError(f"{where} must be {_type_name(annotation)}, got {value!r}")
 
 
 def config_from_dict(data: dict[str, Any]) -> TechniqueConfig:
