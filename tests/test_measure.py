@@ -145,3 +145,14 @@ def test_measure_many_on_a_task(tiny_task, tmp_path):
     assert base.metric >= 0.9  # separable blobs
     assert set(base.latency_ms) == {"batch_1", "batch_N"} and base.batch_n == 16
     assert base.metric == tiny_task.evaluate(model)
+
+
+def test_pruning_masks_count_as_zeros():
+    from torch.nn.utils import prune
+
+    model = nn.Sequential(nn.Linear(10, 10))
+    mask = torch.zeros(10, 10)
+    mask[:, :3] = 1
+    prune.custom_from_mask(model[0], "weight", mask)
+    assert ts.count_parameters(model) == 110
+    assert ts.count_nonzero(model) == 30 + int(torch.count_nonzero(model[0].bias))

@@ -17,6 +17,7 @@ from torchslim.models import (
     ConcatResNet,
     MobileNet,
     ResNet,
+    StagedCNN,
     build_model,
     list_models,
     register_model,
@@ -28,6 +29,7 @@ EXPECTED_MODELS = {
     "mobilenet_small": ((3, 32, 32), MobileNet),
     "resnet_concat": ((3, 32, 32), ConcatResNet),
     "resnet_small": ((3, 32, 32), ResNet),
+    "staged_cnn": ((1, 40), StagedCNN),
     "vgg_cifar": ((3, 32, 32), VGG),
 }
 BATCH = 2

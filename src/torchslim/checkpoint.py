@@ -50,10 +50,19 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous tensors that do not share storage (safetensors needs that)."""
+    """The state dict as contiguous tensors that do not share storage (safetensors needs that).
+
+    Pruning masks (``weight_orig`` + ``weight_mask``) are folded into plain ``weight`` tensors.
+    """
     state: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
+    raw = model.state_dict()
+    for name, tensor in raw.items():
+        if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in raw:
+            continue  # a torch.nn.utils.prune mask: folded into its weight below
+        if name.endswith("_orig") and name[: -len("_orig")] + "_mask" in raw:
+            base = name[: -len("_orig")]
+            tensor, name = tensor * raw[base + "_mask"], base
         tensor = tensor.detach()
         ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else -1
         if ptr in seen or not tensor.is_contiguous():
@@ -79,6 +88,18 @@ def save_checkpoint(
     """
     payload = dict(spec or {})
     payload.setdefault("format", FORMAT)
+    if isinstance(payload.get("arch"), dict) and "structure" not in payload:
+        from torchslim.structure import reference_model, structure_diff
+
+        structure = structure_diff(model, reference_model(payload["arch"]))
+        if structure:  # layer widths changed (channel pruning): record them to rebuild
+            payload["structure"] = structure
+    if isinstance(payload.get("arch"), dict) and "factorized" not in payload:
+        from torchslim.techniques.lowrank import factorized_structure
+
+        factorized = factorized_structure(model)
+        if factorized:  # low-rank layers: record their ranks to rebuild
+            payload["factorized"] = factorized
     try:
         metadata = {SPEC_KEY: json.dumps(payload, sort_keys=True)}
     except TypeError as exc:
@@ -148,6 +169,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             raise CheckpointError(
                 f"checkpoint {path} has a corrupt spec ({exc.msg}); re-create the checkpoint"
             ) from exc
+    if "sparse" in spec:  # a sparse artifact (torchslim.export.sparse): decode to dense tensors
+        from torchslim.export.sparse import decode_state
+
+        state = decode_state(state, spec["sparse"])
     return state, spec
 
 
@@ -223,7 +248,11 @@ def load_checkpoint(
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Build an empty model from ``spec["arch"] = {"name": ..., "kwargs": {...}}``."""
+    """Build an empty model from ``spec["arch"] = {"name": ..., "kwargs": {...}}``.
+
+    Modules listed in ``spec["structure"]`` (pruned widths) are replaced by empty modules of
+    the recorded shapes, so a channel-pruned checkpoint loads without pickling.
+    """
     from torchslim.models import build_model
 
     arch = spec.get("arch")
@@ -232,4 +261,13 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
             "checkpoint has no architecture spec (it holds weights only); load it with "
             "the task it was trained for, e.g. `torchslim measure TASK --checkpoint FILE`"
         )
-    return build_model(arch["name"], **arch.get("kwargs", {}))
+    model = build_model(arch["name"], **arch.get("kwargs", {}))
+    if spec.get("structure"):
+        from torchslim.structure import apply_structure
+
+        apply_structure(model, spec["structure"])
+    if spec.get("factorized"):
+        from torchslim.techniques.lowrank import apply_factorized_structure
+
+        apply_factorized_structure(model, spec["factorized"])
+    return model

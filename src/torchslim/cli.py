@@ -26,6 +26,19 @@ EXAMPLES = {
     ),
     "demo": "example: torchslim demo --out out/demo",
     "tasks": "example: torchslim tasks",
+    "compress": (
+        "examples:\n  torchslim compress mnist1d-cnn --recipe examples/prune_finetune.yaml --out out/p\n"
+        "  torchslim compress my_task.py:make_task --recipe examples/static_int8.yaml --no-latency"
+    ),
+    "report": "example: torchslim report out/p/results.json --html out/p/report.html",
+    "analyze": "examples:\n  torchslim analyze digits32-resnet\n  torchslim analyze mnist1d-cnn --json",
+    "optimize": (
+        "examples:\n  torchslim optimize digits-mlp --max-drop 1.0 --objective size --out out/opt\n"
+        "  torchslim optimize mnist1d-cnn --max-drop 1 --objective macs --trials 40 "
+        "--storage sqlite:///study.db --study mnist1d-macs\n"
+        "--max-drop is in points: 1.0 = 1 percentage point of accuracy (absolute) or 1% of "
+        "the baseline (relative)"
+    ),
 }
 
 
@@ -87,8 +100,72 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "Run the main job on the built-in default task (mnist1d-cnn).")
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    demo.add_argument("--quick", action="store_true", help="skip latency timing (smoke runs)")
+    demo.add_argument(
+        "--quick", action="store_true", help="fewer epochs and shorter timing (smoke runs)"
+    )
     demo.set_defaults(handler=cmd_demo)
+
+    analyze = command(
+        "analyze", "List prunable layers and coupled channel groups of a task's model."
+    )
+    analyze.add_argument("task", help="built-in task name or path/to/file.py:function")
+    analyze.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    _add_task_options(analyze)
+    analyze.set_defaults(handler=cmd_analyze)
+
+    compress = command(
+        "compress", "Run a YAML recipe on a task; measure the result against the baseline."
+    )
+    compress.add_argument("task", nargs="?", help="task (default: the recipe's 'task' field)")
+    compress.add_argument("--recipe", required=True, help="YAML recipe file (see docs/recipes.md)")
+    compress.add_argument(
+        "--out", default="out/compress", help="output folder (default out/compress)"
+    )
+    _add_task_options(compress)
+    _add_measure_options(compress)
+    compress.set_defaults(handler=cmd_compress)
+
+    report = command("report", "Print a results.json as a table and write its HTML report.")
+    report.add_argument("results", help="a results.json written by demo, compress or optimize")
+    report.add_argument("--html", help="write the HTML report here (default: next to the JSON)")
+    report.set_defaults(handler=cmd_report)
+
+    optimize = command(
+        "optimize", "Find the most compressed model within an accuracy budget (per-layer search)."
+    )
+    optimize.add_argument("task", help="built-in task name or path/to/file.py:function")
+    optimize.add_argument(
+        "--max-drop", type=float, default=1.0, help="allowed metric drop in points (default 1.0)"
+    )
+    optimize.add_argument("--drop-type", default="absolute", choices=("absolute", "relative"))
+    optimize.add_argument("--objective", default="size", help="size, macs or latency")
+    optimize.add_argument("--runtime", default="torch", help="latency runtime: torch, onnxruntime")
+    optimize.add_argument("--batch", type=int, default=1, help="latency batch size (default 1)")
+    optimize.add_argument(
+        "--strategy", default="auto", help="greedy, optuna or auto (optuna with --trials/--storage)"
+    )
+    optimize.add_argument(
+        "--techniques",
+        help="comma list, e.g. magnitude_pruning,codebook_quant (default by objective)",
+    )
+    optimize.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        metavar="TECHNIQUE=V1,V2",
+        help="grid of one technique, e.g. codebook_quant=8,4,3 (repeatable)",
+    )
+    limit = optimize.add_mutually_exclusive_group()
+    limit.add_argument("--trials", type=int, help="verifications (greedy) or study trials")
+    limit.add_argument("--time-limit", type=float, help="seconds for the search")
+    optimize.add_argument("--storage", help="sqlite:///study.db or any SQLAlchemy URL")
+    optimize.add_argument("--study", help="study name (shared by workers; resumable)")
+    optimize.add_argument("--recovery-epochs", type=int, help="fine-tuning epochs after pruning")
+    optimize.add_argument("--single-objective", action="store_true", help="TPE on the objective")
+    optimize.add_argument("--out", default="out/optimize", help="output folder")
+    optimize.add_argument("--no-latency", action="store_true", help="do not time the final model")
+    _add_task_options(optimize)
+    optimize.set_defaults(handler=cmd_optimize)
 
     tasks = command("tasks", "List the built-in tasks.")
     tasks.set_defaults(handler=cmd_tasks)
@@ -164,7 +241,8 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
                 f"checkpoint {target} does not name its task; pass --task NAME_OR_FILE.py:function"
             )
         task = tasks.get(task_ref, data_dir=args.data_dir)
-        model, _ = load_checkpoint(target, model=task.build_model())
+        pruned = bool(spec.get("structure"))  # channel-pruned: rebuild from the recorded shapes
+        model, _ = load_checkpoint(target, model=None if pruned else task.build_model())
         name, io = target.name, existing_file_io(target, model)
     else:
         task = tasks.get(args.target, data_dir=args.data_dir)
@@ -186,28 +264,129 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    """Train (or load) the default task's baseline and measure it into DIR/results.json."""
-    from torchslim import tasks
-    from torchslim.checkpoint import write_text_atomic
-    from torchslim.measure import measure
+    """Every technique family on the default task, measured side by side."""
+    from torchslim.demo import run_demo
 
-    task = tasks.get(tasks.DEFAULT_TASK)
-    console.print(f"[bold]torchslim demo[/bold] on {task.name}: training or loading the baseline")
-    model = task.baseline()
+    run_demo(args.out, quick=args.quick, console=console)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    """Print every prunable layer / coupled group of a task's model, with skip reasons."""
+    from torchslim import tasks
+    from torchslim.analyze import analysis_tables, analyze
+
+    task = tasks.get(args.task, data_dir=args.data_dir)
+    analysis = analyze(task)
+    if args.json:
+        print(json.dumps({"task": task.name, **analysis.to_dict()}, indent=2))
+    else:
+        for table in analysis_tables(analysis, task.name):
+            console.print(table)
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace, console: Console) -> int:
+    """Validate the recipe, run it, write results.json, report.html, the recipe and the artifact."""
+    from torchslim import tasks
+    from torchslim.errors import TaskError
+    from torchslim.pipeline import run_recipe
+    from torchslim.recipe import Recipe
+    from torchslim.report import Report, results_table
+
+    recipe = Recipe.from_yaml(args.recipe)  # validated before anything runs
+    task_ref = args.task or recipe.task
+    if not task_ref:
+        raise TaskError(f"recipe {args.recipe} names no task; pass TASK on the command line")
+    task = tasks.get(task_ref, data_dir=args.data_dir)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    footprint = measure(model, task, artifact=out / "baseline.safetensors", latency=not args.quick)
-    results = {
-        "task": task.name,
-        "metric_name": task.metric_name,
-        "baseline": footprint.to_dict(),
-        "candidates": [],
-        "best": None,
-        "budget": None,
-    }
-    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
-    _print_footprint(console, task.name, footprint, layers=True)
-    console.print(f"wrote {out / 'results.json'} and {out / 'baseline.safetensors'}")
+    run = run_recipe(
+        recipe,
+        task,
+        out=out,
+        latency=not args.no_latency,
+        runtime=args.runtime,
+        threads=args.threads,
+        batch_n=args.batch_size,
+    )
+    report = Report(
+        task=task.name,
+        metric_name=task.metric_name,
+        baseline=run.baseline_footprint,
+        candidates=[run.candidate],
+        best=run.candidate.name,
+    )
+    report.save(out)
+    recipe.save(out / "recipe.yaml")
+    console.print(results_table(report))
+    if args.layers:
+        _print_footprint(console, run.candidate.name, run.candidate.footprint, layers=True)
+    console.print(f"wrote {out / 'results.json'}, {out / 'report.html'} and the artifact in {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """Print a results.json and write its HTML page."""
+    from torchslim.report import Report, results_table
+    from torchslim.report.html import write_html
+
+    results = Path(args.results)
+    report = Report.load(results)
+    html_path = Path(args.html) if args.html else results.with_name("report.html")
+    write_html(report, html_path)
+    console.print(results_table(report))
+    console.print(f"wrote {html_path}")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
+    """Search per-layer settings within the budget; write results.json, report.html, recipe."""
+    from torchslim import tasks
+    from torchslim.errors import ConfigError
+    from torchslim.report import results_table
+    from torchslim.search import optimize
+
+    ranges: dict[str, list[float]] = {}
+    for item in args.range:
+        name, _, values = item.partition("=")
+        try:
+            ranges[name.strip()] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"--range {item!r} is malformed; use TECHNIQUE=V1,V2,...") from exc
+    techniques = (
+        [t.strip() for t in args.techniques.split(",") if t.strip()] if args.techniques else None
+    )
+    task = tasks.get(args.task, data_dir=args.data_dir)
+    result = optimize(
+        task,
+        args.max_drop,
+        args.drop_type,
+        args.objective,
+        runtime=args.runtime,
+        batch=args.batch,
+        strategy=args.strategy,
+        techniques=techniques,
+        ranges=ranges or None,
+        trials=args.trials,
+        time_limit=args.time_limit,
+        storage=args.storage,
+        study=args.study,
+        out=args.out,
+        recovery_epochs=args.recovery_epochs,
+        multi_objective=not args.single_objective,
+        latency=not args.no_latency,
+    )
+    console.print(results_table(result.report))
+    out = Path(args.out)
+    if result.met:
+        console.print(f"budget met: best {result.best.name}; recipe {out / 'best.yaml'}")
+    else:
+        console.print(
+            "[bold red]budget NOT met[/bold red]: the closest candidate is saved as best-found"
+        )
+    console.print(
+        f"wrote {out / 'results.json'} and {out / 'report.html'} in {result.seconds:.0f}s"
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchslim.checkpoint import atomic_path, build_from_spec, load_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task, call_model
+from torchslim.task import Task, call_model, threads_fixed
 
 # ------------------------------------------------------------------ counting
 
@@ -37,9 +37,22 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def effective_parameters(module: nn.Module, recurse: bool = True) -> list[tuple[str, torch.Tensor]]:
+    """Parameters as the forward pass sees them: a pruning mask (``X_orig`` + ``X_mask``,
+    as ``torch.nn.utils.prune`` stores it) is applied, so zeros it imposes are counted."""
+    result = []
+    for owner_name, owner in module.named_modules() if recurse else [("", module)]:
+        for name, param in owner.named_parameters(recurse=False):
+            if name.endswith("_orig") and hasattr(owner, name[: -len("_orig")] + "_mask"):
+                name = name[: -len("_orig")]
+                param = getattr(owner, name)
+            result.append((f"{owner_name}.{name}" if owner_name else name, param.detach()))
+    return result
+
+
 def count_nonzero(model: nn.Module) -> int:
-    """Number of parameters that are not exactly zero."""
-    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+    """Number of parameters that are not exactly zero (pruning masks applied)."""
+    return sum(int(torch.count_nonzero(p)) for _, p in effective_parameters(model))
 
 
 @dataclass
@@ -105,7 +118,7 @@ def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
         if params == 0 and layer_macs == 0:
             continue
         nonzero = sum(
-            int(torch.count_nonzero(p.detach())) for p in module.parameters(recurse=False)
+            int(torch.count_nonzero(p)) for _, p in effective_parameters(module, recurse=False)
         )
         rows.append(LayerFootprint(name, type(module).__name__, params, nonzero, layer_macs))
     return rows
@@ -134,6 +147,9 @@ def checkpoint_io(
     """
     if spec is None:
         spec = task.spec() if task is not None else {}
+        arch = getattr(template, "torchslim_arch", None)
+        if arch is not None:  # a model of another architecture than the task's (a student)
+            spec = {**spec, "arch": arch}
 
     def save(model: nn.Module, path: Path) -> None:
         save_checkpoint(model, path, spec)
@@ -222,6 +238,20 @@ def _torch_eager(model: nn.Module, example_inputs: Any) -> Runner:
     return run
 
 
+# Runtimes whose module is imported on first use (they pull in heavy optional packages).
+LAZY_RUNTIMES = {
+    "onnxruntime": "torchslim.export.onnx",
+    "inductor": "torchslim.export.torchao_int8",
+}
+
+
+def _load_runtime(name: str) -> None:
+    if name not in RUNTIMES and name in LAZY_RUNTIMES:
+        import importlib
+
+        importlib.import_module(LAZY_RUNTIMES[name])
+
+
 @dataclass
 class LatencyStats:
     """Latency of one model at one batch size, in milliseconds per call."""
@@ -237,23 +267,6 @@ class LatencyStats:
     def spread_ms(self) -> float:
         """Inter-quartile range."""
         return self.p75_ms - self.p25_ms
-
-
-class threads_fixed:  # noqa: N801 - used as a context manager
-    """Fix torch's intra-op thread count for a block, then restore it."""
-
-    def __init__(self, threads: int) -> None:
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
-        self.threads = threads
-
-    def __enter__(self) -> threads_fixed:
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.previous)
 
 
 def benchmark_latency(
@@ -272,6 +285,7 @@ def benchmark_latency(
     enough calls to last at least 0.2 ms; the number of rounds defaults to what fits
     in ``target_seconds`` per model (between 15 and 300).
     """
+    _load_runtime(runtime)
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} is unknown; use one of {sorted(RUNTIMES)}")
     batch = _batch_of(inputs)
@@ -422,6 +436,7 @@ def measure_many(
     latency: bool = True,
     split: str = "test",
     simulated: Sequence[bool] | None = None,
+    latency_seconds: float = 1.0,
 ) -> list[Footprint]:
     """Measure several models on one task, with their latencies interleaved in one run.
 
@@ -436,6 +451,7 @@ def measure_many(
         latency: time the models (False skips it; latency fields are then empty).
         split: data split for the metric.
         simulated: per model, whether its numbers are simulated (e.g. fake-quant).
+        latency_seconds: timing budget per model and batch size (more rounds, less noise).
     """
     count = len(models)
     artifacts = list(artifacts or [None] * count)
@@ -471,7 +487,13 @@ def measure_many(
     spread_ms: list[dict[str, float]] = [{} for _ in models]
     if latency:
         for key, size in (("batch_1", 1), ("batch_N", batch_n)):
-            stats = benchmark_latency(models, task.inputs(size), runtime=runtime, threads=threads)
+            stats = benchmark_latency(
+                models,
+                task.inputs(size),
+                runtime=runtime,
+                threads=threads,
+                target_seconds=latency_seconds,
+            )
             for index, stat in enumerate(stats):
                 latency_ms[index][key] = round(stat.median_ms, 6)
                 spread_ms[index][key] = round(stat.spread_ms, 6)

@@ -42,11 +42,31 @@ _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULES = ("cosine", "constant")
 
 
+class threads_fixed:  # noqa: N801 - used as a context manager
+    """Fix torch's intra-op thread count for a block, then restore it."""
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
+
+    def __enter__(self) -> threads_fixed:
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: optimizer, learning rate, epochs, batch size and seed.
 
-    ``epochs=0`` means the model is used as given (already trained).
+    ``epochs=0`` means the model is used as given (already trained). ``threads`` fixes
+    torch's intra-op threads while training: float reductions depend on the thread
+    count, so a fixed count makes a seed reproduce the same weights on any machine
+    (None keeps the current setting).
     """
 
     optimizer: str = "adam"
@@ -57,6 +77,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     eval_batch_size: int = 256
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
@@ -71,6 +92,8 @@ class TrainConfig:
             raise ConfigError("batch_size and eval_batch_size must be >= 1")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or None, got {self.threads}")
 
 
 @dataclass
@@ -339,7 +362,8 @@ class Task:
         lr = config.lr if lr is None else lr
         if epochs < 0 or not (lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"fit needs epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
-        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG is left alone
+        threads = config.threads or torch.get_num_threads()
+        with torch.random.fork_rng(devices=[]), threads_fixed(threads):  # seeded, RNG restored
             torch.manual_seed(config.seed)
             return self._fit(model, epochs, lr, objective, after_step, progress, description)
 

@@ -53,7 +53,9 @@ def mnist1d_cnn(data_dir: str | None = None) -> Task:
         train=splits.train,
         val=splits.val,
         test=splits.test,
-        train_config=TrainConfig(optimizer="adam", lr=1e-2, epochs=150, batch_size=100, seed=0),
+        train_config=TrainConfig(
+            optimizer="adam", lr=1e-2, epochs=150, batch_size=100, seed=0, threads=1
+        ),
         source="mnist1d-cnn",
     )
 
@@ -68,7 +70,9 @@ def digits_mlp(data_dir: str | None = None) -> Task:
         train=splits.train,
         val=splits.val,
         test=splits.test,
-        train_config=TrainConfig(optimizer="adam", lr=1e-3, epochs=40, batch_size=64, seed=0),
+        train_config=TrainConfig(
+            optimizer="adam", lr=1e-3, epochs=40, batch_size=64, seed=0, threads=1
+        ),
         source="digits-mlp",
     )
 

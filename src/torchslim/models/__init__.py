@@ -12,6 +12,7 @@ from torchslim.models.mnist1d import MNIST1DCNN
 from torchslim.models.mobilenet import DepthwiseSeparable, MobileNet
 from torchslim.models.registry import MODELS, ModelBuilder, build_model, list_models, register_model
 from torchslim.models.resnet import BasicBlock, ConcatResNet, ConcatStem, ResNet
+from torchslim.models.staged import StagedCNN
 from torchslim.models.vgg import VGG
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "MobileNet",
     "ModelBuilder",
     "ResNet",
+    "StagedCNN",
     "build_model",
     "list_models",
     "register_model",

@@ -1,5 +1,20 @@
-"""Reports: terminal tables (rich) and machine-readable JSON."""
+"""Reports: terminal tables (rich), results.json, and a self-contained HTML page."""
 
-from torchslim.report.table import footprint_table, layer_table_view, print_table
+from torchslim.report.results import Candidate, Report
+from torchslim.report.table import (
+    footprint_table,
+    layer_table_view,
+    print_table,
+    results_table,
+    table_rows,
+)
 
-__all__ = ["footprint_table", "layer_table_view", "print_table"]
+__all__ = [
+    "Candidate",
+    "Report",
+    "footprint_table",
+    "layer_table_view",
+    "print_table",
+    "results_table",
+    "table_rows",
+]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from torchslim.measure import Footprint, compare
+
+if TYPE_CHECKING:
+    from torchslim.report.results import Report
 
 
 def human_bytes(size: float) -> str:
@@ -96,3 +100,106 @@ def layer_table_view(footprint: Footprint, title: str = "per layer") -> Table:
 def print_table(table: Table, console: Console | None = None) -> None:
     """Print a table to stdout."""
     (console or Console()).print(table)
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def table_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:
+    """Header and rows of the comparison table, shared by the terminal and the HTML report.
+
+    Each row is ``{"cells": [...], "best": bool, "within_budget": bool}``; the
+    numbers are those of results.json, formatted.
+    """
+    base = report.baseline
+    runtime = f"{base.runtime}, {base.threads}T"
+    header = [
+        "technique",
+        "params x",
+        "size x",
+        "MACs x",
+        f"speedup b1 ({runtime})",
+        f"speedup b{base.batch_n}",
+        report.metric_name,
+        "drop",
+        "train s",
+        "artifact",
+    ]
+    rows: list[dict[str, Any]] = [
+        {
+            "cells": [
+                "baseline",
+                "1.00",
+                "1.00",
+                "1.00",
+                "1.00",
+                "1.00",
+                f"{base.metric:.4f}",
+                "+0.0000",
+                "-",
+                human_bytes(base.artifact_bytes),
+            ],
+            "best": False,
+            "within_budget": True,
+        }
+    ]
+    for candidate in report.candidates:
+        fp = candidate.footprint
+        ratio = compare(base, fp)
+        label = candidate.name + (" (simulated)" if fp.simulated else "")
+        rows.append(
+            {
+                "cells": [
+                    label,
+                    _fmt(ratio.params_ratio),
+                    _fmt(ratio.size_ratio),
+                    _fmt(ratio.macs_ratio),
+                    _fmt(ratio.speedup.get("batch_1")),
+                    _fmt(ratio.speedup.get("batch_N")),
+                    f"{fp.metric:.4f}",
+                    f"{ratio.metric_drop:+.4f}",
+                    _fmt(candidate.train_seconds, 1),
+                    human_bytes(fp.artifact_bytes),
+                ],
+                "best": candidate.name == report.best,
+                "within_budget": report.within_budget(candidate),
+            }
+        )
+        if candidate.deployed is not None:
+            deployed = candidate.deployed
+            speedup = candidate.deployed_speedup()
+            drop = base.metric - deployed.metric
+            rows.append(
+                {
+                    "cells": [
+                        f"  deployed ({deployed.runtime})",
+                        _fmt(compare(base, deployed).params_ratio),
+                        _fmt(compare(base, deployed).size_ratio),
+                        _fmt(compare(base, deployed).macs_ratio),
+                        _fmt(speedup.get("batch_1")),
+                        _fmt(speedup.get("batch_N")),
+                        f"{deployed.metric:.4f}",
+                        f"{drop:+.4f}",
+                        "-",
+                        human_bytes(deployed.artifact_bytes),
+                    ],
+                    "best": False,
+                    "within_budget": True,
+                }
+            )
+    return header, rows
+
+
+def results_table(report: Report, title: str | None = None) -> Table:
+    """The comparison table for the terminal; the best row is highlighted."""
+    header, rows = table_rows(report)
+    table = Table(title=title or f"{report.task}: measured", title_justify="left")
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        style = "bold green" if row["best"] else ("dim" if not row["within_budget"] else None)
+        table.add_row(*row["cells"], style=style)
+    return table

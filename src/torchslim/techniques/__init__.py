@@ -1,5 +1,18 @@
 """Compression techniques: configs + handlers behind one ``apply``."""
 
+# Importing the technique modules registers their configs and handlers.
+from torchslim.techniques import (  # noqa: F401
+    channels,
+    codebook,
+    distillation,
+    dynamic,
+    lowrank,
+    nas,
+    pruning,
+    quantization,
+    recovery,
+    schedules,
+)
 from torchslim.techniques.base import (
     CONFIGS,
     HANDLERS,

@@ -51,11 +51,13 @@ class ApplyContext:
     """What a handler may use besides the model: the task (data, training loop) and notes.
 
     Handlers record what they did in ``notes`` (per-layer tables, skipped layers with
-    the reason) so that reports can show it.
+    the reason) so that reports can show it. ``teacher`` is the uncompressed model
+    when a recipe runs, so a recovery step can distill from it.
     """
 
     task: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
+    teacher: Any = None  # the uncompressed model, for distillation-based recovery
 
 
 Handler = Callable[[nn.Module, Any, ApplyContext], nn.Module]
@@ -187,7 +189,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if args and len(args) == len(value):
                 return tuple(
                     _coerce(v, a, f"{where}[{i}]")
-                    for i, (v, a) in enumerate(zip(args, value, strict=True))
+                    for i, (v, a) in enumerate(zip(value, args, strict=True))
                 )
             if not args:
                 return tuple(value)

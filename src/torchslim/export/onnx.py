@@ -1,0 +1,407 @@
+"""ONNX export (fp32) and ONNX Runtime int8: the deployed artifact of a quantized model.
+
+* :func:`export_onnx` writes an fp32 ``.onnx`` file (fake-quant and codebook layers
+  become plain layers holding their dequantized weights). It uses torch's
+  TorchScript exporter (``dynamo=False``: fast, and what ONNX Runtime's quantizer
+  is tested on) or the ``torch.export``-based one (``exporter="dynamo"``).
+* :func:`quantize_onnx` makes an ONNX Runtime int8 model: static QDQ (per-channel
+  weights, activations calibrated on the task's data) for conv nets, or dynamic
+  (int8 MatMul weights, activations quantized at run time) for Linear-heavy nets.
+* :class:`OrtModule` runs an ``.onnx`` file as an ``nn.Module``, so a task's metric,
+  ``measure`` and ``benchmark_latency`` work on the deployed artifact itself.
+* The ``onnxruntime`` runtime (``RUNTIMES["onnxruntime"]``) times a PyTorch model
+  exported to fp32 ONNX, or an :class:`OrtModule` as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchslim.checkpoint import atomic_path
+from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.measure import ArtifactIO, register_runtime
+from torchslim.techniques.fake_quant import to_float_model
+
+DEFAULT_OPSET = 17
+_DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather")
+_OP_PATTERN = re.compile(r"'((?:aten|prim|onnx|quantized)::[\w.]+)'|operator (\w+::[\w.]+)")
+
+
+def _as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs)
+    raise ConfigError(
+        f"ONNX export takes tensor or tuple inputs, got {type(inputs).__name__}; "
+        "wrap the model so that it takes tensors"
+    )
+
+
+def input_names(count: int) -> list[str]:
+    """Names of the ONNX graph's inputs: ``input`` or ``input_0``, ``input_1``, ..."""
+    return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+) -> Path:
+    """Export ``model`` to an fp32 ONNX file with a dynamic batch dimension.
+
+    Raises:
+        UnsupportedError: the exporter cannot translate an operator (the message names it).
+    """
+    if exporter not in ("torchscript", "dynamo"):
+        raise ConfigError(f"exporter {exporter!r} is unknown; use 'torchscript' or 'dynamo'")
+    plain = to_float_model(model).eval()
+    args = _as_tuple(example_inputs)
+    names = input_names(len(args))
+    path = Path(path)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if exporter == "torchscript":
+                torch.onnx.export(
+                    plain,
+                    args,
+                    str(tmp),
+                    dynamo=False,
+                    input_names=names,
+                    output_names=["output"],
+                    dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+                    opset_version=opset,
+                    do_constant_folding=True,
+                )
+            else:
+                batch = torch.export.Dim("batch")
+                torch.onnx.export(
+                    plain,
+                    args,
+                    str(tmp),
+                    dynamo=True,
+                    input_names=names,
+                    output_names=["output"],
+                    dynamic_shapes=tuple({0: batch} for _ in args),
+                    opset_version=max(opset, 18),
+                    verbose=False,
+                )
+        except Exception as exc:  # noqa: BLE001 - exporters raise many types; we name the op
+            text = str(exc)
+            match = _OP_PATTERN.search(text)
+            op = (match.group(1) or match.group(2)) if match else None
+            first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+            where = f"operator {op}" if op else "an operator"
+            raise UnsupportedError(
+                f"ONNX export failed at {where} ({first}); replace that operation in the model "
+                "or keep this model on the torch runtime"
+            ) from exc
+    return path
+
+
+def _gemm_to_matmul(model: Any) -> Any:
+    """Rewrite ``Gemm`` nodes with a constant weight as ``MatMul`` + ``Add``.
+
+    ONNX Runtime's dynamic quantizer handles MatMul but not Gemm, which is what
+    the TorchScript exporter emits for ``nn.Linear``.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type != "Gemm"
+            or node.input[1] not in inits
+            or attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+        weight_name = f"{node.input[1]}_matmul"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), weight_name))
+        if len(node.input) > 2 and node.input[2]:
+            product = f"{node.output[0]}_matmul"
+            nodes.append(
+                helper.make_node(
+                    "MatMul", [node.input[0], weight_name], [product], name=f"{node.name}_MatMul"
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_Add"
+                )
+            )
+        else:
+            nodes.append(
+                helper.make_node(
+                    "MatMul",
+                    [node.input[0], weight_name],
+                    list(node.output),
+                    name=f"{node.name}_MatMul",
+                )
+            )
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    return model
+
+
+class _Reader:
+    """An ONNX Runtime CalibrationDataReader over a list of input batches."""
+
+    def __init__(self, batches: Sequence[Any], names: list[str]) -> None:
+        self.feeds = [
+            {
+                n: t.detach().cpu().numpy().astype(np.float32)
+                for n, t in zip(names, _as_tuple(b), strict=True)
+            }
+            for b in batches
+        ]
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def _excluded_nodes(model: Any, layers: Sequence[str]) -> list[str]:
+    """ONNX node names that belong to the named PyTorch layers (TorchScript naming)."""
+    found = []
+    for layer in layers:
+        marker = f"/{layer}/"
+        hits = [
+            n.name
+            for n in model.graph.node
+            if marker in f"{n.name}/" or n.name.startswith(f"{layer}/")
+        ]
+        if not hits:
+            warnings.warn(
+                f"keep_float: no ONNX node found for layer {layer!r}; it may be quantized",
+                stacklevel=3,
+            )
+        found += hits
+    return found
+
+
+def quantize_onnx(
+    fp32_path: str | Path,
+    path: str | Path,
+    mode: str = "static",
+    calibration: Sequence[Any] | None = None,
+    per_channel: bool = True,
+    activation_type: str = "int8",
+    calibrate_method: str = "minmax",
+    keep_float: Sequence[str] = (),
+    preprocess: bool = True,
+) -> Path:
+    """Quantize an fp32 ONNX file with ONNX Runtime's quantizer.
+
+    Args:
+        fp32_path: the fp32 model (from :func:`export_onnx`).
+        path: where to write the int8 model (atomically).
+        mode: ``static`` (QDQ, calibrated; for conv nets) or ``dynamic`` (for Linear-heavy nets).
+        calibration: input batches for ``static`` (e.g. :func:`calibration_inputs`).
+        per_channel: one weight scale per output channel.
+        activation_type: ``int8`` or ``uint8`` activations (``static``).
+        calibrate_method: ``minmax``, ``percentile`` or ``entropy`` (ONNX Runtime's calibrators).
+        keep_float: PyTorch layer names to leave in float.
+        preprocess: run ONNX Runtime's pre-processing (shape inference, graph optimization).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode not in ("static", "dynamic"):
+        raise ConfigError(f"mode {mode!r} is unknown; use 'static' or 'dynamic'")
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if calibrate_method not in methods:
+        raise ConfigError(
+            f"calibrate_method {calibrate_method!r} is unknown; use {', '.join(methods)}"
+        )
+    if activation_type not in ("int8", "uint8"):
+        raise ConfigError(f"activation_type {activation_type!r} is unknown; use int8 or uint8")
+    if mode == "static" and not calibration:
+        raise ConfigError("static ONNX quantization needs calibration batches; pass calibration=")
+    logging.getLogger("root").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as tmp:
+        source = Path(tmp) / "source.onnx"
+        if preprocess:
+            quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
+        else:
+            shutil.copyfile(fp32_path, source)
+        model = onnx.load(str(source))
+        if mode == "dynamic":
+            model = _gemm_to_matmul(model)
+            onnx.save(model, str(source))
+        exclude = _excluded_nodes(model, keep_float)
+        names = [i.name for i in model.graph.input]
+        with atomic_path(path) as out:
+            if mode == "static":
+                quantize_static(
+                    str(source),
+                    str(out),
+                    _Reader(calibration, names),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QInt8
+                    if activation_type == "int8"
+                    else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[calibrate_method],
+                    nodes_to_exclude=exclude,
+                )
+            else:
+                quantize_dynamic(
+                    str(source),
+                    str(out),
+                    per_channel=per_channel,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(_DYNAMIC_OPS),
+                    nodes_to_exclude=exclude,
+                )
+    return Path(path)
+
+
+def ort_session(model: str | Path | bytes, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session with a fixed number of intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OrtModule(nn.Module):
+    """An ONNX model run by ONNX Runtime, behind the ``nn.Module`` call interface.
+
+    Args:
+        model: path of an ``.onnx`` file, or its bytes.
+        threads: intra-op threads of the session.
+    """
+
+    def __init__(self, model: str | Path | bytes, threads: int = 1) -> None:
+        super().__init__()
+        self.model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
+        self.threads = threads
+        self.session = ort_session(self.model_bytes, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OrtModule:
+        return OrtModule(self.model_bytes, self.threads)
+
+    def with_threads(self, threads: int) -> OrtModule:
+        """The same model in a session with another thread count."""
+        return OrtModule(self.model_bytes, threads)
+
+    def feeds(self, *inputs: torch.Tensor) -> dict[str, np.ndarray]:
+        """The session's input dict for torch tensors."""
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.input_names, inputs, strict=True)}
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Run the session; returns the first output as a torch tensor."""
+        return torch.from_numpy(self.session.run(None, self.feeds(*inputs))[0])
+
+
+def onnx_io() -> ArtifactIO:
+    """An ArtifactIO for :class:`OrtModule`: the artifact is the ``.onnx`` file itself."""
+
+    def save(model: nn.Module, path: Path) -> None:
+        if not isinstance(model, OrtModule):
+            raise ConfigError("onnx_io saves OrtModule models; export others with export_onnx")
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(model.model_bytes)
+
+    return ArtifactIO(save=save, load=lambda path: OrtModule(path), suffix=".onnx")
+
+
+def export_ort_int8(
+    model: nn.Module,
+    task: Any,
+    path: str | Path,
+    mode: str = "static",
+    calibration_batches: int = 8,
+    **options: Any,
+) -> OrtModule:
+    """Export a (possibly fake-quantized) model to an ONNX Runtime int8 file and load it.
+
+    Static mode calibrates on ``calibration_batches`` batches of the task's training
+    data. ``options`` go to :func:`quantize_onnx` (``per_channel``, ``keep_float``, ...).
+    """
+    from torchslim.techniques.quantization import calibration_inputs
+
+    batches = (
+        calibration_inputs(task, calibration_batches, "ONNX Runtime static int8")
+        if mode == "static"
+        else None
+    )
+    with tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as tmp:
+        fp32 = export_onnx(model, task.inputs(2), Path(tmp) / "fp32.onnx")
+        quantize_onnx(fp32, path, mode=mode, calibration=batches, **options)
+    return OrtModule(path)
+
+
+@register_runtime("onnxruntime")
+def _onnxruntime(model: nn.Module, example_inputs: Any) -> Any:
+    """Time on ONNX Runtime (CPU): an OrtModule as is, any other model exported to fp32 ONNX."""
+    threads = torch.get_num_threads()
+    if isinstance(model, OrtModule):
+        module = model.with_threads(threads)
+    else:
+        with tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as tmp:
+            module = OrtModule(
+                export_onnx(model, example_inputs, Path(tmp) / "model.onnx"), threads
+            )
+    session = module.session
+    example_feeds = module.feeds(*_as_tuple(example_inputs))
+
+    def run(inputs: Any) -> Any:
+        feeds = example_feeds if inputs is example_inputs else module.feeds(*_as_tuple(inputs))
+        return session.run(None, feeds)
+
+    return run

@@ -1,0 +1,198 @@
+"""Evaluate one candidate: its recipe through the pipeline, its metric on the val split.
+
+Every candidate of every strategy goes through :func:`torchslim.pipeline.run_recipe`,
+so it is measured the same way (a real artifact's bytes, counted MACs, timed latency)
+and has a re-runnable recipe. The search decides on the validation metric only; the
+test metric of the same model is recorded for the final acceptance check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from torchslim.measure import Footprint, measure
+from torchslim.pipeline import run_recipe
+from torchslim.recipe import Export, Recipe
+from torchslim.report.results import Candidate
+from torchslim.search.budget import Budget, Objective
+from torchslim.search.space import GLOBAL, Allocation, Space, allocation_key, build_recipe
+
+
+class StopTrial(Exception):
+    """Raised from a step hook to stop a candidate that cannot meet the budget."""
+
+    def __init__(self, message: str, drop: float) -> None:
+        super().__init__(message)
+        self.drop = drop
+
+
+@dataclass
+class Record:
+    """One evaluated candidate.
+
+    Attributes:
+        name: its name in the report.
+        allocation: the per-layer settings.
+        val_metric: the metric on the validation split (what the search sees).
+        test_metric: the metric of the same model on the test split (only for acceptance).
+        ratio: objective cost over the baseline's (lower is better).
+        candidate: the pipeline's candidate (footprint measured on the val split).
+    """
+
+    name: str
+    allocation: Allocation
+    val_metric: float
+    test_metric: float
+    ratio: float
+    candidate: Candidate
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (stored in Optuna trial attributes)."""
+        return {
+            "name": self.name,
+            "allocation": self.allocation,
+            "val_metric": self.val_metric,
+            "test_metric": self.test_metric,
+            "ratio": self.ratio,
+            "seconds": self.seconds,
+            "candidate": self.candidate.to_dict(self.candidate.footprint),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            name=data["name"],
+            allocation=data["allocation"],
+            val_metric=data["val_metric"],
+            test_metric=data["test_metric"],
+            ratio=data["ratio"],
+            candidate=Candidate.from_dict(data["candidate"]),
+            seconds=data.get("seconds", 0.0),
+        )
+
+
+class Evaluator:
+    """Runs candidates against one baseline, measured once on the val split.
+
+    Args:
+        task: the task.
+        baseline: its trained baseline (never modified).
+        space: the knobs (for building recipes).
+        budget, objective: what counts as good.
+        recovery_epochs: fine-tuning epochs after pruning.
+        codebook_epochs: centroid fine-tuning epochs of codebook quantization.
+        threads: intra-op threads while timing.
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        baseline: nn.Module,
+        space: Space,
+        budget: Budget,
+        objective: Objective,
+        recovery_epochs: int,
+        codebook_epochs: int,
+        threads: int = 1,
+    ) -> None:
+        self.task = task
+        self.baseline = baseline
+        self.space = space
+        self.budget = budget
+        self.objective = objective
+        self.recovery_epochs = recovery_epochs
+        self.codebook_epochs = codebook_epochs
+        self.threads = threads
+        self.base_val: Footprint = measure(
+            baseline, task, split="val", latency=objective.needs_latency, **self._timing()
+        )
+        self.records: dict[str, Record] = {}
+        self.stopped: list[tuple[float, Allocation]] = []  # (val drop, allocation) stopped early
+
+    def _timing(self) -> dict[str, Any]:
+        runtime = self.objective.runtime
+        if runtime == "onnxruntime":
+            runtime = "torch"  # eager baseline; int8 candidates are deployed to ORT and compared
+        return {
+            "runtime": runtime,
+            "threads": self.threads,
+            "batch_n": max(2, self.objective.batch),
+        }
+
+    @property
+    def limit(self) -> float:
+        """The allowed drop in metric units, from the val baseline."""
+        return self.budget.limit(self.base_val.metric)
+
+    def recipe(self, allocation: Allocation, name: str) -> Recipe:
+        """The recipe of an allocation with this evaluator's recovery settings."""
+        recipe = build_recipe(
+            allocation,
+            name,
+            self.task.source or self.task.name,
+            self.recovery_epochs,
+            self.codebook_epochs,
+        )
+        if self.objective.needs_latency and self.objective.runtime == "onnxruntime":
+            int8 = bool(allocation.get("static_quant", {}).get(GLOBAL))
+            recipe.export = Export("onnx-int8" if int8 else "onnx")
+        return recipe
+
+    def evaluate(
+        self,
+        allocation: Allocation,
+        name: str,
+        after_step: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Record:
+        """Run the allocation's recipe, measure it on val (and the test metric), keep it."""
+        key = allocation_key(allocation)
+        if key in self.records:
+            return self.records[key]
+        recipe = self.recipe(allocation, name)
+        start = time.perf_counter()
+        run = run_recipe(
+            recipe,
+            self.task,
+            baseline=self.baseline,
+            baseline_footprint=self.base_val,
+            name=name,
+            latency=self.objective.needs_latency,
+            split="val",
+            after_step=after_step,
+            **self._timing(),
+        )
+        record = Record(
+            name=name,
+            allocation=allocation,
+            val_metric=run.candidate.footprint.metric,
+            test_metric=self.task.evaluate(run.model, "test"),
+            ratio=self.objective.ratio(run.candidate, self.base_val),
+            candidate=run.candidate,
+            seconds=time.perf_counter() - start,
+        )
+        self.records[key] = record
+        return record
+
+    def meets(self, record: Record) -> bool:
+        """Whether a record meets the budget on the val split."""
+        return self.budget.met(self.base_val.metric, record.val_metric)
+
+    def early_stop_hook(self, factor: float = 2.0) -> Callable[[dict[str, Any]], None]:
+        """A step hook stopping a candidate whose val drop after recovery exceeds the budget
+        ``factor`` times (later quantization does not win accuracy back)."""
+
+        def hook(entry: dict[str, Any]) -> None:
+            if entry["step"] == "finetune":
+                drop = self.base_val.metric - entry["metric"]
+                if drop > factor * self.limit + 1e-9:
+                    raise StopTrial(f"val drop {drop:.4f} after recovery", drop)
+
+        return hook

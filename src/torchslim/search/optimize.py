@@ -1,0 +1,320 @@
+"""``optimize``: the most compressed model within an accuracy budget.
+
+Sensitivity curves on the val split -> a strategy (greedy allocation verified by
+measurement, or an Optuna study) -> the Pareto front of (objective, val metric) ->
+the cheapest candidate within budget on val, re-measured on the held-out test split
+and accepted only if it meets the budget there. Everything found is kept: the front,
+the best (or, when nothing meets the budget, the best found), its recipe and artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchslim.errors import ConfigError
+from torchslim.pipeline import run_recipe
+from torchslim.recipe import Recipe
+from torchslim.report.results import Candidate, Report
+from torchslim.search.budget import Budget, Objective
+from torchslim.search.evaluate import Evaluator, Record
+from torchslim.search.greedy import allocate, greedy_search
+from torchslim.search.sensitivity import Curves, sensitivity
+from torchslim.search.space import allocation_key, build_space, default_knobs
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("greedy", "optuna", "auto")
+ACCEPT_TRIES = 3  # val-feasible candidates checked on test, cheapest first
+
+
+@dataclass
+class OptimizeResult:
+    """What :func:`optimize` found.
+
+    Attributes:
+        report: the Report (baseline, front, best; ``report.save(out)`` writes JSON + HTML).
+        best: the accepted candidate (meets the budget on the test split), else None.
+        best_found: the accepted candidate, or the closest one when the budget is not met.
+        met: whether the budget was met on the test split.
+        recipe: the re-runnable recipe of ``best_found``.
+        records: every evaluated candidate (val and test metrics, allocation).
+        pareto: names of the candidates on the front.
+        curves: the sensitivity curves.
+        seconds: wall time of the whole run.
+    """
+
+    report: Report
+    best: Candidate | None
+    best_found: Candidate | None
+    met: bool
+    recipe: Recipe | None
+    records: list[Record] = field(default_factory=list)
+    pareto: list[str] = field(default_factory=list)
+    curves: Curves = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _check_limits(trials: int | None, time_limit: float | None, strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy {strategy!r} is unknown; use one of {STRATEGIES}")
+    if trials is not None and (
+        isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
+    ):
+        raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
+    if time_limit is not None and not (
+        isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0
+    ):
+        raise ConfigError(f"time limit must be a positive number of seconds, got {time_limit!r}")
+
+
+def optimize(
+    task: Any,
+    max_drop: float = 1.0,
+    drop_type: str = "absolute",
+    objective: str = "size",
+    *,
+    runtime: str = "torch",
+    batch: int = 1,
+    strategy: str = "auto",
+    techniques: list[str] | tuple[str, ...] | None = None,
+    ranges: dict[str, list[float]] | None = None,
+    trials: int | None = None,
+    time_limit: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    out: str | Path | None = None,
+    recovery_epochs: int | None = None,
+    codebook_epochs: int | None = None,
+    multi_objective: bool = True,
+    seed: int | None = 0,
+    threads: int = 1,
+    progress: bool = True,
+    latency: bool = True,
+) -> OptimizeResult:
+    """Find the most compressed model of ``task`` whose metric drop stays within budget.
+
+    Args:
+        task: the Task (its baseline is trained once and cached).
+        max_drop: the budget in points: ``1.0`` = 1 percentage point of accuracy
+            (0.01 in metric units) when absolute, 1 % of the baseline when relative.
+        drop_type: ``"absolute"`` or ``"relative"``.
+        objective: ``"size"`` (artifact bytes), ``"macs"`` or ``"latency"``.
+        runtime, batch: latency runtime (``torch`` / ``onnxruntime``) and batch size.
+        strategy: ``"greedy"`` (sensitivity allocation, verified, with back-off),
+            ``"optuna"`` (a study seeded with greedy allocations) or ``"auto"`` (optuna when
+            a storage, study or trial count is given, else greedy).
+        techniques: knobs to search (default by objective: size -> magnitude_pruning +
+            codebook_quant; macs -> channel_pruning; latency -> channel_pruning, plus
+            static_quant on onnxruntime).
+        ranges: per-technique grids, e.g. ``{"codebook_quant": [8, 4, 3]}``.
+        trials: greedy verifications / finished Optuna trials in the study (a resumed
+            study continues up to this count); default 8 (greedy) or 30 (optuna).
+        time_limit: seconds for the search phase.
+        storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL.
+        study: study name (default derived from the task's fingerprint).
+        out: folder for results.json, report.html, the best recipe and its artifact.
+        recovery_epochs: fine-tuning after pruning (default: a quarter of the task's
+            training epochs, 1 to 20).
+        codebook_epochs: centroid fine-tuning of codebook quantization (default: half
+            of recovery_epochs, at least 1).
+        multi_objective: NSGA-II on (cost, drop) for the front; False: TPE on cost with
+            the budget as a constraint.
+        seed: sampler seed (None: random; shared studies use seed + process id).
+        threads: intra-op threads while timing.
+        progress: show progress bars.
+        latency: time the final candidate against the baseline (always for latency).
+    """
+    start = time.monotonic()
+    budget = Budget(max_drop, drop_type)
+    goal = Objective(objective, runtime, batch)
+    _check_limits(trials, time_limit, strategy)
+    if strategy == "auto":
+        strategy = "optuna" if (storage or study or trials) else "greedy"
+    if strategy == "greedy" and storage is not None:
+        raise ConfigError("--storage applies to the optuna strategy; pass --strategy optuna")
+    storage_obj = None
+    if strategy == "optuna":
+        from torchslim.search.optuna_search import open_storage
+
+        storage_obj = open_storage(storage)  # fail fast, before training anything
+    knobs = tuple(techniques) if techniques else default_knobs(goal.kind, goal.runtime)
+    if not knobs:
+        raise ConfigError("the list of techniques is empty; name at least one")
+    base = task.baseline(progress=progress)
+    space = build_space(base, task, knobs, ranges)
+    curves, base_val_metric = sensitivity(task, base, space, "val", progress=progress)
+    epochs = task.train_config.epochs
+    recovery = recovery_epochs if recovery_epochs is not None else min(20, max(1, epochs // 4))
+    codebook = codebook_epochs if codebook_epochs is not None else max(1, recovery // 2)
+    evaluator = Evaluator(task, base, space, budget, goal, recovery, codebook, threads)
+    deadline = start + time_limit if time_limit is not None else math.inf
+    notes = [
+        f"budget: at most {budget.max_drop:g} point(s) {budget.drop_type} drop of "
+        f"{task.metric_name} (budget.max_drop = {budget.fraction:g} in "
+        f"{'metric units' if budget.drop_type == 'absolute' else 'fraction of the baseline'})",
+        f"objective: {goal.kind}"
+        + (f" at batch {goal.batch} on {goal.runtime}" if goal.needs_latency else ""),
+        f"strategy: {strategy}; techniques: {', '.join(knobs)}; recovery: {recovery} epoch(s)",
+        "the search saw the val split only; candidates are reported with their test metric",
+    ]
+    if strategy == "greedy":
+        records = greedy_search(evaluator, curves, base_val_metric, trials or 8, deadline)
+    else:
+        from torchslim.search.optuna_search import open_study, run_study, study_records
+
+        shared = storage is not None
+        study_obj = open_study(
+            storage_obj,
+            study,
+            task.fingerprint(),
+            {"objective": goal.to_dict(), "budget": budget.to_dict(), "knobs": list(knobs)},
+            multi_objective,
+            seed=(seed + _pid()) if (seed is not None and shared) else seed,
+            evaluator=evaluator,
+        )
+        seeds, keys = [], set()
+        for factor in (1, 2, 4, 8, 16):
+            allocation = allocate(
+                space, curves, base_val_metric, factor * evaluator.limit, goal.kind
+            )
+            if allocation_key(allocation) not in keys:
+                keys.add(allocation_key(allocation))
+                seeds.append(allocation)
+        remaining = None if time_limit is None else max(1.0, deadline - time.monotonic())
+        run_study(study_obj, evaluator, trials or 30, remaining, seeds, multi_objective)
+        records = study_records(study_obj)
+        notes.append(f"study {study_obj.study_name!r}: {len(study_obj.trials)} trial(s) in storage")
+    timed = latency or goal.needs_latency
+    return _finish(task, base, evaluator, budget, records, curves, notes, out, start, timed)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def pareto_front(records: list[Record]) -> list[Record]:
+    """Records not dominated in (lower cost ratio, higher val metric), cheapest first."""
+    front = []
+    for record in records:
+        dominated = any(
+            other.ratio <= record.ratio
+            and other.val_metric >= record.val_metric
+            and (other.ratio < record.ratio or other.val_metric > record.val_metric)
+            for other in records
+        )
+        if not dominated:
+            front.append(record)
+    return sorted(front, key=lambda r: (r.ratio, -r.val_metric))
+
+
+def _finish(
+    task: Any,
+    base: Any,
+    evaluator: Evaluator,
+    budget: Budget,
+    records: list[Record],
+    curves: Curves,
+    notes: list[str],
+    out: str | Path | None,
+    start: float,
+    timed: bool,
+) -> OptimizeResult:
+    base_test = task.evaluate(base, "test")
+    if not records and evaluator.stopped:  # every trial stopped early: finish the least bad
+        _, allocation = min(evaluator.stopped, key=lambda item: item[0])
+        records = [evaluator.evaluate(allocation, "least-drop")]
+    feasible = sorted((r for r in records if evaluator.meets(r)), key=lambda r: r.ratio)
+    chosen: Record | None = None
+    for record in feasible[:ACCEPT_TRIES]:
+        if budget.met(base_test, record.test_metric):
+            chosen = record
+            break
+        notes.append(
+            f"{record.name} meets the budget on val but not on test "
+            f"({record.test_metric:.4f} vs baseline {base_test:.4f}); not accepted"
+        )
+    found = chosen
+    if found is None and records:
+        found = (
+            feasible[0]
+            if feasible
+            else min(records, key=lambda r: (evaluator.base_val.metric - r.val_metric, r.ratio))
+        )
+    front = pareto_front(records)
+    final_run = None
+    label = "best" if chosen is not None else "best-found"
+    if found is not None:
+        recipe = evaluator.recipe(found.allocation, label)
+        final_run = run_recipe(
+            recipe,
+            task,
+            baseline=base,
+            out=out,
+            name=label,
+            latency=timed,
+            runtime=evaluator._timing()["runtime"],
+            threads=evaluator.threads,
+            split="test",
+        )
+        met = chosen is not None and budget.met(
+            final_run.baseline_footprint.metric, final_run.candidate.footprint.metric
+        )
+        if chosen is not None and not met:
+            notes.append("the re-run of the chosen recipe missed the budget on test; not accepted")
+        baseline_fp = final_run.baseline_footprint
+    else:
+        recipe, met = None, False
+        from torchslim.measure import measure
+
+        baseline_fp = measure(base, task, latency=False)
+    candidates = [_as_test(r) for r in front]
+    if final_run is not None:
+        candidates.append(final_run.candidate)
+    if not met:
+        notes.append(
+            "budget NOT met: no candidate stays within the budget on the test split; "
+            f"{'the closest one is saved as best-found' if found else 'nothing was evaluated'}"
+        )
+    report = Report(
+        task=task.name,
+        metric_name=task.metric_name,
+        baseline=baseline_fp,
+        candidates=candidates,
+        best=label if met else None,
+        budget=budget.to_dict(),
+        pareto=[r.name for r in front],
+        sensitivity=curves,
+        notes=notes,
+    )
+    if out is not None:
+        report.save(out)
+        if recipe is not None:
+            recipe.save(Path(out) / f"{label}.yaml")
+    return OptimizeResult(
+        report=report,
+        best=final_run.candidate if (met and final_run) else None,
+        best_found=final_run.candidate if final_run else None,
+        met=met,
+        recipe=recipe,
+        records=records,
+        pareto=[r.name for r in front],
+        curves=curves,
+        seconds=time.monotonic() - start,
+    )
+
+
+def _as_test(record: Record) -> Candidate:
+    """A search candidate as reported: its footprint with the test metric of the same model."""
+    candidate = dataclasses.replace(
+        record.candidate,
+        footprint=dataclasses.replace(record.candidate.footprint, metric=record.test_metric),
+    )
+    return candidate

@@ -1,0 +1,236 @@
+"""The search space: per-layer knobs (technique x layer x grid) and the recipes they make.
+
+A *knob* is one technique with a grid of settings, ordered from the least to the most
+compression: ``magnitude_pruning`` sparsities, ``channel_pruning`` ratios (per coupled
+group), ``codebook_quant`` bits, and ``static_quant`` (off / on, int8 for ONNX Runtime).
+An *allocation* maps each knob to ``{layer: value}``; :func:`build_recipe` turns it into
+a re-runnable :class:`~torchslim.recipe.Recipe` in pipeline order: structural pruning,
+unstructured pruning, recovery (fine-tune), quantization, packing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from torchslim.errors import ConfigError
+from torchslim.recipe import Recipe
+from torchslim.techniques.base import Scope, TechniqueConfig
+
+Allocation = dict[str, dict[str, float]]
+GLOBAL = "*"  # the layer key of a whole-model knob
+
+DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
+    "channel_pruning": (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "magnitude_pruning": (0.0, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97),
+    "codebook_quant": (8, 6, 5, 4, 3, 2),
+    "static_quant": (0, 1),
+}
+PER_MODEL = ("static_quant",)
+IDENTITY = {"channel_pruning": 0.0, "magnitude_pruning": 0.0, "static_quant": 0}
+
+
+def default_knobs(objective: str, runtime: str = "torch") -> tuple[str, ...]:
+    """The techniques searched by default for an objective."""
+    if objective == "size":
+        return ("magnitude_pruning", "codebook_quant")
+    if objective == "macs":
+        return ("channel_pruning",)
+    return ("channel_pruning", "static_quant") if runtime == "onnxruntime" else ("channel_pruning",)
+
+
+def check_grid(knob: str, values: Sequence[float]) -> tuple[float, ...]:
+    """Validate a knob's grid and order it from the least to the most compression."""
+    if knob not in DEFAULT_GRIDS:
+        raise ConfigError(
+            f"technique {knob!r} cannot be optimized; use one of {', '.join(DEFAULT_GRIDS)}"
+        )
+    values = tuple(values)
+    if not values:
+        raise ConfigError(f"the range of {knob} is empty; give at least one value")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{knob} range value {value!r} is not a number")
+        if knob == "codebook_quant" and not (value == int(value) and 2 <= value <= 8):
+            raise ConfigError(f"{knob} bits must be integers in [2, 8], got {value}")
+        if knob == "static_quant" and value not in (0, 1):
+            raise ConfigError(f"{knob} takes 0 (off) and/or 1 (int8), got {value}")
+        if knob in ("magnitude_pruning", "channel_pruning") and not 0 <= value < 1:
+            raise ConfigError(f"{knob} ratios must be in [0, 1), got {value}")
+    ordered = sorted(set(values), reverse=knob == "codebook_quant")
+    return tuple(
+        int(v) if knob in ("codebook_quant", "static_quant") else float(v) for v in ordered
+    )
+
+
+@dataclass
+class Space:
+    """Knobs with their grids and the layers each one acts on.
+
+    Args:
+        grids: knob -> values, least compression first.
+        layers: knob -> layer names (``["*"]`` for whole-model knobs).
+        params: layer -> weight count; macs: layer -> MACs at batch 1 (for the cost model).
+        other_params: parameters outside the knobs' layers (biases, norms, ...).
+    """
+
+    grids: dict[str, tuple[float, ...]]
+    layers: dict[str, list[str]]
+    params: dict[str, int] = field(default_factory=dict)
+    macs: dict[str, int] = field(default_factory=dict)
+    other_params: int = 0
+
+    def knobs(self) -> list[tuple[str, str]]:
+        """Every (knob, layer) pair."""
+        return [(knob, layer) for knob, names in self.layers.items() for layer in names]
+
+    def allocation(self, levels: Mapping[tuple[str, str], int]) -> Allocation:
+        """The allocation of per-(knob, layer) grid indices (missing: index 0)."""
+        return {
+            knob: {layer: self.grids[knob][levels.get((knob, layer), 0)] for layer in names}
+            for knob, names in self.layers.items()
+        }
+
+    def uniform(self, level: int) -> Allocation:
+        """Every layer at the same grid index (clipped to each grid)."""
+        return {
+            knob: {
+                layer: self.grids[knob][min(level, len(self.grids[knob]) - 1)] for layer in names
+            }
+            for knob, names in self.layers.items()
+        }
+
+    def cost(self, allocation: Allocation, objective: str) -> float:
+        """Predicted cost (bits for size, MACs otherwise) of an allocation, for ranking only."""
+        channels = allocation.get("channel_pruning", {})
+        sparsity = allocation.get("magnitude_pruning", {})
+        bits = allocation.get("codebook_quant", {})
+        total = 0.0
+        for layer in set(self.params) | set(self.macs):
+            kept = 1.0 - channels.get(layer, 0.0)
+            if objective == "size":
+                density = 1.0 - sparsity.get(layer, 0.0)
+                width = bits.get(layer, 32)
+                index_bits = _entropy(density) if density < 1 else 0.0
+                total += self.params.get(layer, 0) * kept * (density * width + index_bits)
+            else:
+                total += self.macs.get(layer, 0) * kept
+        if objective == "size":
+            total += self.other_params * 32
+        elif allocation.get("static_quant", {}).get(GLOBAL):
+            total /= 2.5  # int8 kernels: a rough prior; the search measures the real speedup
+        return total
+
+
+def _entropy(density: float) -> float:
+    if density <= 0 or density >= 1:
+        return 0.0
+    return -(density * math.log2(density) + (1 - density) * math.log2(1 - density))
+
+
+def build_space(
+    model: nn.Module,
+    task: Any,
+    knobs: Sequence[str],
+    ranges: Mapping[str, Sequence[float]] | None = None,
+) -> Space:
+    """The knobs' grids and layers for ``model`` (never modified)."""
+    from torchslim.measure import count_macs
+    from torchslim.techniques.pruning import PRUNABLE
+
+    ranges = dict(ranges or {})
+    unknown = [name for name in ranges if name not in knobs]
+    if unknown:
+        raise ConfigError(
+            f"a range is given for {unknown[0]!r}, which is not among the techniques "
+            f"{list(knobs)}; add it to the techniques"
+        )
+    grids = {
+        knob: check_grid(knob, ranges.get(knob, DEFAULT_GRIDS.get(knob, ()))) for knob in knobs
+    }
+    weighted = [name for name, _ in Scope().select(model, PRUNABLE)]
+    layers: dict[str, list[str]] = {}
+    for knob in knobs:
+        if knob in PER_MODEL:
+            layers[knob] = [GLOBAL]
+        elif knob == "channel_pruning":
+            layers[knob] = _channel_roots(model, task)
+        else:
+            layers[knob] = list(weighted)
+        if not layers[knob]:
+            raise ConfigError(f"{knob} finds no layer to act on in this model; drop it")
+    modules = dict(model.named_modules())
+    params = {name: modules[name].weight.numel() for name in weighted}
+    macs = count_macs(model, task.inputs(1)).per_layer
+    other = sum(p.numel() for p in model.parameters()) - sum(params.values())
+    return Space(grids, layers, params, {k: v for k, v in macs.items() if k in params}, other)
+
+
+def _channel_roots(model: nn.Module, task: Any) -> list[str]:
+    from torchslim.analyze import analyze_model
+
+    analysis = analyze_model(model, task.inputs(1), task)
+    return [group.root for group in analysis.groups if group.prunable]
+
+
+def build_recipe(
+    allocation: Allocation,
+    name: str = "candidate",
+    task: str | None = None,
+    recovery_epochs: int = 0,
+    codebook_epochs: int = 0,
+) -> Recipe:
+    """The recipe of an allocation, in pipeline order (identity settings are left out)."""
+    from torchslim.techniques.channels import ChannelPruning
+    from torchslim.techniques.codebook import CodebookQuant
+    from torchslim.techniques.pruning import MagnitudePruning
+    from torchslim.techniques.quantization import StaticQuant
+    from torchslim.techniques.recovery import FineTune
+
+    steps: list[TechniqueConfig] = []
+    ratios = allocation.get("channel_pruning", {})
+    if any(value > 0 for value in ratios.values()):  # every group listed (see below)
+        steps.append(
+            ChannelPruning(
+                ratio=max(ratios.values()),
+                mode="layer",
+                layer_ratios=tuple((layer, float(value)) for layer, value in ratios.items()),
+                scope=Scope(include=tuple(ratios)),
+            )
+        )
+    sparsity = allocation.get("magnitude_pruning", {})
+    if any(value > 0 for value in sparsity.values()):
+        # overrides scale with sparsity / max: listing every layer at sparsity = max keeps
+        # each layer's own value (0 keeps a layer dense)
+        steps.append(
+            MagnitudePruning(
+                sparsity=max(sparsity.values()),
+                mode="layer",
+                overrides=tuple((layer, float(value)) for layer, value in sparsity.items()),
+                scope=Scope(include=tuple(sparsity)),
+            )
+        )
+    if steps and recovery_epochs > 0:
+        steps.append(FineTune(epochs=recovery_epochs))
+    bits = allocation.get("codebook_quant", {})
+    if bits:
+        steps.append(
+            CodebookQuant(
+                bits=8,
+                epochs=codebook_epochs,
+                layer_bits=tuple((layer, int(value)) for layer, value in bits.items()),
+                scope=Scope(include=tuple(bits)),
+            )
+        )
+    if allocation.get("static_quant", {}).get(GLOBAL):
+        steps.append(StaticQuant(bits=8))
+    return Recipe(steps=steps, name=name, task=task)
+
+
+def allocation_key(allocation: Allocation) -> str:
+    """A canonical string of an allocation (to skip candidates already evaluated)."""
+    return repr(sorted((k, sorted(v.items())) for k, v in allocation.items()))

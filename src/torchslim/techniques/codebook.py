@@ -1,0 +1,204 @@
+"""Codebook ("continuous") weight quantization: k-means weight sharing as in Deep Compression.
+
+Each selected layer's weights are clustered into ``2^bits`` centroids with 1-D
+k-means (linear initialization, which Han et al. found best); the layer then
+stores one small index per weight plus the codebook. Fine-tuning trains the
+centroids by gradient (the gradient of a centroid is the sum of the gradients of
+the weights that share it), so a layer never has more than ``2^bits`` distinct
+weight values. The packed artifact (:mod:`torchslim.export.packed`) stores the
+indices bit-packed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from torchslim.errors import ConfigError
+from torchslim.techniques.base import (
+    ApplyContext,
+    Scope,
+    TechniqueConfig,
+    register_config,
+    register_handler,
+)
+from torchslim.techniques.fake_quant import (
+    WEIGHT_TYPES,
+    fold_batchnorm,
+    forward_with_weight,
+    layer_bits,
+    set_module,
+)
+from torchslim.techniques.quant_math import check_bits, sqnr
+
+_INITS = ("linear", "density", "random")
+
+
+@register_config
+@dataclass(frozen=True)
+class CodebookQuant(TechniqueConfig):
+    """k-means weight sharing with ``2^bits`` centroids per layer, then centroid fine-tuning.
+
+    Args:
+        bits: index bits per weight (2-8), i.e. ``2^bits`` shared values per layer.
+        epochs: fine-tuning epochs with the task's training loop (0: none).
+        lr: fine-tuning learning rate.
+        iterations: k-means iterations (Lloyd).
+        init: centroid initialization: ``linear`` (evenly over [min, max]),
+            ``density`` (quantiles) or ``random`` (sampled weights).
+        fold_bn: fold BatchNorm into the preceding layer first.
+        half_codebook: round the centroids and biases of shared layers to float16
+            values (after fine-tuning), so the packed artifact stores them in 2 bytes.
+        layer_bits: per-layer bits by name / ``re:`` pattern / type (last match wins).
+        scope: which layers are shared (``exclude`` keeps layers in float).
+    """
+
+    name = "codebook_quant"
+    family = "quantization"
+    bits: int = 4
+    epochs: int = 0
+    lr: float = 1e-3
+    iterations: int = 30
+    init: str = "linear"
+    fold_bn: bool = True
+    half_codebook: bool = True
+    layer_bits: tuple[tuple[str, int], ...] = ()
+    scope: Scope = Scope()
+
+    def __post_init__(self) -> None:
+        from torchslim.techniques.quantization import _check_layer_bits
+
+        check_bits(self.bits)
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
+        if self.init not in _INITS:
+            raise ConfigError(f"init {self.init!r} is unknown; use one of {', '.join(_INITS)}")
+        _check_layer_bits(self.layer_bits)
+
+
+@torch.no_grad()
+def kmeans_1d(
+    values: torch.Tensor, clusters: int, iterations: int = 30, init: str = "linear", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster a tensor's values into ``clusters`` centroids (1-D Lloyd's algorithm).
+
+    Returns:
+        ``(centroids, indices)``: sorted float32 centroids and, per value, its
+        centroid's index (int64, same shape as ``values``).
+    """
+    flat = values.detach().float().reshape(-1)
+    low, high = float(flat.min()), float(flat.max())
+    if init == "linear":
+        centroids = torch.linspace(low, high, clusters)
+    elif init == "density":
+        probs = torch.linspace(0, 1, clusters + 2)[1:-1]
+        sample = flat if flat.numel() <= 1_000_000 else flat[:: flat.numel() // 1_000_000 + 1]
+        centroids = torch.quantile(sample, probs)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        pick = torch.randint(flat.numel(), (clusters,), generator=generator)
+        centroids = flat[pick].sort().values
+    for _ in range(iterations):
+        centroids = centroids.sort().values
+        indices = torch.bucketize(flat, (centroids[1:] + centroids[:-1]) / 2)
+        sums = torch.zeros(clusters).index_add_(0, indices, flat)
+        counts = torch.zeros(clusters).index_add_(0, indices, torch.ones_like(flat))
+        updated = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        if torch.allclose(updated, centroids, rtol=0, atol=1e-9):
+            centroids = updated
+            break
+        centroids = updated
+    centroids = centroids.sort().values
+    indices = torch.bucketize(flat, (centroids[1:] + centroids[:-1]) / 2)
+    return centroids, indices.reshape(values.shape)
+
+
+class CodebookLayer(nn.Module):
+    """A Linear / Conv module whose weight is ``centroids[indices]`` (shared weights).
+
+    The module's own weight parameter is removed; ``centroids`` is a trained
+    parameter, ``indices`` a uint8 buffer.
+    """
+
+    def __init__(
+        self, module: nn.Module, centroids: torch.Tensor, indices: torch.Tensor, bits: int
+    ):
+        super().__init__()
+        del module.weight
+        self.module = module
+        self.bits = bits
+        self.centroids = nn.Parameter(centroids.float().clone())
+        self.register_buffer("indices", indices.to(torch.uint8))
+
+    def shared_weight(self) -> torch.Tensor:
+        """The weight tensor: each entry is one of the centroids."""
+        return self.centroids[self.indices.long()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The module's operation with the shared weight."""
+        return forward_with_weight(self.module, x, self.shared_weight())
+
+    def to_float(self) -> nn.Module:
+        """A plain module holding the shared weight (for export to other runtimes)."""
+        plain = copy.deepcopy(self.module)
+        plain.weight = nn.Parameter(self.shared_weight().detach().clone())
+        return plain
+
+
+@register_handler(CodebookQuant)
+def _codebook(model: nn.Module, config: CodebookQuant, context: ApplyContext) -> nn.Module:
+    from torchslim.techniques.quantization import _select
+
+    if config.epochs > 0 and context.task is None:
+        raise ConfigError(
+            f"codebook_quant fine-tunes for {config.epochs} epochs: pass task= (a Task with "
+            "train data) or set epochs=0"
+        )
+    model.eval()
+    folded = fold_batchnorm(model) if config.fold_bn else []
+    chosen = _select(model, config, WEIGHT_TYPES, context)
+    layers: dict[str, CodebookLayer] = {}
+    weight_db: dict[str, float] = {}
+    for name, module in chosen:
+        bits = layer_bits(name, module, config.bits, config.layer_bits)
+        weight = module.weight.detach().clone()
+        centroids, indices = kmeans_1d(weight, 2**bits, config.iterations, config.init)
+        layer = CodebookLayer(module, centroids, indices, bits)
+        weight_db[name] = round(sqnr(weight, layer.shared_weight()), 2)
+        set_module(model, name, layer)
+        layers[name] = layer
+    seconds = 0.0
+    if config.epochs > 0:
+        result = context.task.fit(
+            model, epochs=config.epochs, lr=config.lr, description="codebook fine-tune"
+        )
+        seconds = round(result.seconds, 3)
+    if config.half_codebook:
+        with torch.no_grad():
+            for layer in layers.values():
+                layer.centroids.copy_(layer.centroids.half().float())
+                if layer.module.bias is not None:
+                    layer.module.bias.copy_(layer.module.bias.half().float())
+    context.notes.setdefault("quantization", {}).update(
+        technique=config.name,
+        simulated=False,
+        folded_bn=folded,
+        layers={
+            name: {
+                "type": type(layer.module).__name__,
+                "bits": layer.bits,
+                "weight_sqnr_db": weight_db[name],
+            }
+            for name, layer in layers.items()
+        },
+        train_seconds=seconds,
+    )
+    return model.eval()

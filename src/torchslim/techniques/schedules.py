@@ -1,0 +1,239 @@
+"""Pruning schedules: one-shot, iterative (prune, fine-tune, repeat) and gradual AGP.
+
+Fine-tuning is the task's own loop (:meth:`torchslim.Task.fit`); masks are
+``torch.nn.utils.prune`` reparametrizations, so they hold during it. Every schedule copies
+the model first (the input is never modified) and, for unstructured configs, makes the
+masks permanent at the end unless ``permanent=False``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.techniques.base import (
+    CONFIGS,
+    ApplyContext,
+    Scope,
+    TechniqueConfig,
+    apply,
+    register_config,
+    register_handler,
+)
+from torchslim.techniques.channels import ChannelPruning, prune_channels
+from torchslim.techniques.pruning import UnstructuredPruning, make_permanent, prune_unstructured
+
+
+def _target(config: TechniqueConfig) -> float:
+    if isinstance(config, UnstructuredPruning):
+        return config.sparsity
+    if isinstance(config, ChannelPruning):
+        return config.ratio
+    raise UnsupportedError(
+        f"{type(config).__name__} has no sparsity to schedule; schedules take an unstructured "
+        "pruning config or ChannelPruning"
+    )
+
+
+def _prune_to(
+    model: nn.Module, config: TechniqueConfig, context: ApplyContext, level: float
+) -> None:
+    if isinstance(config, UnstructuredPruning):
+        prune_unstructured(model, config, context, level)
+    else:
+        prune_channels(model, config, context, level)  # type: ignore[arg-type]
+
+
+def _finish(model: nn.Module, config: TechniqueConfig, permanent: bool) -> nn.Module:
+    if permanent and isinstance(config, UnstructuredPruning):
+        make_permanent(model)
+    return model.eval()
+
+
+def one_shot(
+    model: nn.Module,
+    config: TechniqueConfig,
+    task: Any = None,
+    *,
+    finetune_epochs: int = 0,
+    lr: float | None = None,
+    permanent: bool = True,
+    context: ApplyContext | None = None,
+) -> nn.Module:
+    """Prune once to the config's target, then optionally fine-tune with masks enforced."""
+    if finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    if finetune_epochs and task is None:
+        raise ConfigError("fine-tuning needs the task: pass task=")
+    pruned = apply(model, config, task=task, context=context)
+    if finetune_epochs:
+        task.fit(pruned, epochs=finetune_epochs, lr=lr, progress=False, description="fine-tune")
+    return _finish(pruned, config, permanent)
+
+
+def iterative(
+    model: nn.Module,
+    config: TechniqueConfig,
+    task: Any,
+    *,
+    steps: int = 3,
+    epochs_per_step: int = 1,
+    lr: float | None = None,
+    permanent: bool = True,
+    context: ApplyContext | None = None,
+) -> nn.Module:
+    """Reach the target in ``steps`` equal increments, fine-tuning between them.
+
+    Step ``i`` prunes to ``target * i / steps`` of the original weights (or channels).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be an int >= 1, got {steps!r}")
+    if task is None:
+        raise ConfigError("iterative pruning fine-tunes between steps and needs task=")
+    target = _target(config)
+    context = context or ApplyContext(task=task)
+    context.task = context.task or task
+    pruned = copy.deepcopy(model)
+    kept = 1.0
+    for step in range(1, steps + 1):
+        level = target * step / steps
+        if isinstance(config, ChannelPruning):  # widths shrink, so ratios are relative
+            relative = 1 - (1 - level) / kept
+            kept = 1 - level
+            _prune_to(pruned, config, context, max(0.0, min(relative, 0.99)))
+        else:
+            _prune_to(pruned, config, context, level)
+        if epochs_per_step:
+            task.fit(pruned, epochs=epochs_per_step, lr=lr, progress=False, description="fine-tune")
+    return _finish(pruned, config, permanent)
+
+
+def agp_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
+    """Zhu & Gupta's cubic ramp: ``final + (initial - final) * (1 - progress)^3``."""
+    if step <= start:
+        return initial
+    if step >= end:
+        return final
+    progress = (step - start) / max(1, end - start)
+    return final + (initial - final) * (1 - progress) ** 3
+
+
+def gradual(
+    model: nn.Module,
+    config: UnstructuredPruning,
+    task: Any,
+    *,
+    epochs: int = 5,
+    initial: float = 0.0,
+    ramp_fraction: float = 0.75,
+    every: int = 10,
+    lr: float | None = None,
+    permanent: bool = True,
+    context: ApplyContext | None = None,
+) -> nn.Module:
+    """Gradual (AGP) pruning: train ``epochs`` while sparsity ramps cubically to the target.
+
+    Masks are updated every ``every`` optimizer steps during the first ``ramp_fraction``
+    of training; the rest recovers at the final sparsity.
+    """
+    if not isinstance(config, UnstructuredPruning):
+        raise UnsupportedError(
+            f"gradual (AGP) pruning takes an unstructured config, got {type(config).__name__}; "
+            "use iterative() for ChannelPruning (its shapes cannot change mid-training)"
+        )
+    if task is None:
+        raise ConfigError("gradual pruning trains the model and needs task=")
+    if epochs < 1 or every < 1 or not 0 < ramp_fraction <= 1:
+        raise ConfigError(
+            f"gradual pruning needs epochs >= 1, every >= 1 and 0 < ramp_fraction <= 1, got "
+            f"epochs={epochs}, every={every}, ramp_fraction={ramp_fraction}"
+        )
+    if not 0 <= initial <= config.sparsity:
+        raise ConfigError(f"initial must be in [0, sparsity={config.sparsity}], got {initial}")
+    context = context or ApplyContext(task=task)
+    context.task = context.task or task
+    pruned = copy.deepcopy(model)
+    total = epochs * len(task.loader("train", shuffle=True))
+    end = max(1, int(total * ramp_fraction))
+    prune_unstructured(pruned, config, context, initial)
+
+    def update(trained: nn.Module, step: int) -> None:
+        if step % every == 0 or step == end:
+            if step <= end:
+                level = agp_sparsity(step, initial, config.sparsity, 0, end)
+                prune_unstructured(trained, config, context, level)
+
+    task.fit(pruned, epochs=epochs, lr=lr, after_step=update, progress=False, description="AGP")
+    prune_unstructured(pruned, config, context, config.sparsity)
+    return _finish(pruned, config, permanent)
+
+
+IMPORTANCES = ("magnitude", "gradient", "taylor", "random")
+
+
+@register_config
+@dataclass(frozen=True)
+class GradualPruning(TechniqueConfig):
+    """Unstructured pruning on the AGP schedule, as a recipe step (see :func:`gradual`).
+
+    Args:
+        sparsity: final fraction of the selected weights set to zero, in [0, 1).
+        importance: ``magnitude``, ``gradient``, ``taylor`` or ``random``.
+        mode, scope: as in the unstructured pruning configs.
+        epochs: training epochs during which sparsity ramps up and then recovers.
+        ramp_fraction: share of the training over which sparsity ramps (cubic).
+        every: optimizer steps between mask updates.
+        lr: learning rate (None: a tenth of the task's).
+    """
+
+    name = "gradual_pruning"
+    family = "pruning"
+    sparsity: float = 0.8
+    importance: str = "magnitude"
+    mode: str = "global"
+    scope: Scope = Scope()
+    epochs: int = 20
+    ramp_fraction: float = 0.75
+    every: int = 10
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(
+                f"importance {self.importance!r} is unknown; use one of {IMPORTANCES}"
+            )
+        if self.epochs < 1 or self.every < 1 or not 0 < self.ramp_fraction <= 1:
+            raise ConfigError(
+                "gradual_pruning needs epochs >= 1, every >= 1 and 0 < ramp_fraction <= 1"
+            )
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number or null, got {self.lr}")
+        self.target()  # validates sparsity, mode and scope
+
+    def target(self) -> UnstructuredPruning:
+        """The unstructured config the schedule prunes with."""
+        return CONFIGS[f"{self.importance}_pruning"](
+            sparsity=self.sparsity, mode=self.mode, scope=self.scope
+        )
+
+
+@register_handler(GradualPruning)
+def _gradual(model: nn.Module, config: GradualPruning, context: ApplyContext) -> nn.Module:
+    if context.task is None:
+        raise ConfigError("gradual_pruning trains the model and needs a task; pass task=")
+    lr = config.lr if config.lr is not None else context.task.train_config.lr / 10
+    return gradual(
+        model,
+        config.target(),
+        context.task,
+        epochs=config.epochs,
+        ramp_fraction=config.ramp_fraction,
+        every=config.every,
+        lr=lr,
+        context=context,
+    )

@@ -1,0 +1,207 @@
+"""Static / dynamic PTQ, QAT (STE and LSQ), mixed precision, BN folding, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchslim as ts
+from helpers import blobs
+from torchslim.measure import threads_fixed
+from torchslim.techniques import ApplyContext, Scope, apply, config_from_dict, config_to_dict
+from torchslim.techniques.fake_quant import QuantizedLayer, fold_batchnorm, is_simulated
+from torchslim.techniques.quantization import QAT, DynamicQuant, StaticQuant
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these tests train, and the machine is shared."""
+    with threads_fixed(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def mnist1d():
+    task = ts.tasks.get("mnist1d-cnn")
+    return task, task.baseline(progress=False)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_static_int8_keeps_accuracy_and_reports_sqnr(mnist1d):
+    task, base = mnist1d
+    before = _state(base)
+    context = ApplyContext(task=task)
+    quantized = apply(base, StaticQuant(bits=8), task, context=context)
+    assert _unchanged(base, before) and not is_simulated(base)
+    assert is_simulated(quantized)
+    assert abs(task.evaluate(quantized) - task.evaluate(base)) <= 0.01
+    notes = context.notes["quantization"]
+    assert notes["simulated"] is True
+    table = notes["sqnr_db"]
+    assert set(table["layers"]) == {"features.0", "features.2", "features.4", "classifier"}
+    assert table["model_db"] > 30
+    for row in table["layers"].values():
+        assert row["bits"] == 8 and row["output_db"] > 30 and row["isolated_db"] > 30
+
+
+def test_four_bit_is_worse_and_the_table_finds_it(mnist1d):
+    task, base = mnist1d
+    context = ApplyContext(task=task)
+    apply(base, StaticQuant(bits=4, act_bits=8), task, context=context)
+    table = context.notes["quantization"]["sqnr_db"]
+    # 4 bits cost about 4 x 6 dB = 24 dB of SQNR compared with 8 bits
+    assert 12 < table["model_db"] < 26
+    corrected = ApplyContext(task=task)
+    apply(base, StaticQuant(bits=4, bias_correction=True), task, context=corrected)
+    assert corrected.notes["quantization"]["sqnr_db"]["model_db"] >= table["model_db"]
+
+
+def test_mixed_precision_by_name_regex_and_type_and_float_layers(mnist1d):
+    task, base = mnist1d
+    config = StaticQuant(
+        bits=8,
+        layer_bits=(("Conv1d", 6), ("re:features\\.[24]", 4), ("classifier", 3)),
+        scope=Scope(exclude=("features.2",)),
+        sqnr_samples=0,
+    )
+    quantized = apply(base, config, task)
+    bits = {n: m.bits for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
+    assert bits == {"features.0": 6, "features.4": 4, "classifier": 3}
+    assert isinstance(quantized.features[2], nn.Conv1d)
+    with pytest.raises(ts.ConfigError, match="'classifer' names no module"):
+        apply(base, StaticQuant(layer_bits=(("classifer", 4),)), task)
+
+
+def test_config_round_trip_with_layer_bits_and_scope():
+    config = QAT(bits=4, layer_bits=(("fc", 8),), scope=Scope(exclude=("head",)), learn_scales=True)
+    data = config_to_dict(config)
+    assert data["layer_bits"] == [["fc", 8]]
+    assert config_from_dict(data) == config
+
+
+def test_batchnorm_folding_keeps_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+        nn.BatchNorm2d(4),
+    )
+    for bn in (model[1], model[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    assert fold_batchnorm(model) == ["1", "4"]
+    assert isinstance(model[1], nn.Identity) and model[0].bias is not None
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_qat_recovers_what_4bit_ptq_lost(mnist1d):
+    task, base = mnist1d
+    float_acc = task.evaluate(base)
+    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=4), task))
+    qat = apply(base, QAT(bits=4, epochs=3, lr=1e-3, freeze_observers_after=2), task)
+    qat_acc = task.evaluate(qat)
+    assert ptq_acc < float_acc - 0.01  # 4-bit PTQ loses accuracy
+    assert qat_acc > ptq_acc + 0.01  # QAT wins most of it back
+    lsq = apply(base, QAT(bits=4, epochs=2, lr=1e-3, learn_scales=True), task)
+    layer = lsq.features[0]
+    assert isinstance(layer.weight_quant.scale, nn.Parameter) and layer.weight_quant.learnable
+    assert task.evaluate(lsq) > ptq_acc
+
+
+def test_qat_freezes_batchnorm_statistics():
+    torch.manual_seed(0)
+    task = ts.Task(
+        name="bn-blobs",
+        model=lambda: nn.Sequential(
+            nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)
+        ),
+        train=blobs(240, seed=0),
+        test=blobs(90, seed=2),
+        train_config=ts.TrainConfig(lr=0.05, epochs=2, batch_size=32),
+    )
+    base = task.baseline(progress=False)
+    model = apply(
+        base, QAT(epochs=2, fold_bn=False, freeze_bn_after=0, calibration_batches=1), task
+    )
+    torch.testing.assert_close(model[1].running_mean, base[1].running_mean)
+    moving = apply(base, QAT(epochs=1, fold_bn=False, calibration_batches=1), task)
+    assert not torch.allclose(moving[1].running_mean, base[1].running_mean)
+
+
+def test_dynamic_quant_of_linear_and_lstm_needs_no_data():
+    torch.manual_seed(0)
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x)[0][:, -1])
+
+    model = Recurrent().eval()
+    x = torch.randn(4, 5, 8)
+    context = ApplyContext()
+    quantized = apply(model, DynamicQuant(bits=8), context=context)
+    assert isinstance(quantized.head, QuantizedLayer)
+    weight = quantized.lstm.weight_ih_l0
+    distinct = max(len(torch.unique(row)) for row in weight)
+    assert distinct <= 255 and not torch.equal(weight, model.lstm.weight_ih_l0)
+    assert context.notes["quantization"]["rnn_weights_only"] == {"lstm": 8}
+    assert ts.techniques.quant_math.sqnr(model(x), quantized(x)) > 30
+
+
+def test_unsupported_layers_are_skipped_with_a_warning():
+    class WithBilinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+            self.pair = nn.Bilinear(4, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x)
+            return self.pair(y, y)
+
+    model = WithBilinear()
+    context = ApplyContext()
+    with pytest.warns(UserWarning, match=r"skipping pair \(Bilinear\): no backend quantizes"):
+        quantized = apply(model, DynamicQuant(), context=context)
+    assert context.notes["quantization"]["skipped"] == {"pair": "Bilinear"}
+    assert isinstance(quantized.pair, nn.Bilinear)
+    with (
+        pytest.raises(ts.UnsupportedError, match="found no layer to quantize"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        apply(model, DynamicQuant(scope=Scope(include=("pair",))))
+
+
+def test_calibration_data_missing_or_misshapen(tiny_task):
+    model = nn.Sequential(nn.Linear(5, 3))
+    before = _state(model)
+    with pytest.raises(ts.ConfigError, match="static_quant calibrates on data: pass task="):
+        apply(model, StaticQuant())
+    with pytest.raises(ts.ShapeError, match=r"calibration data of shape \(\d+, 8\) does not fit"):
+        apply(model, StaticQuant(), tiny_task)
+    assert _unchanged(model, before)
+    assert isinstance(model[0], nn.Linear)
