@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,13 @@ import torchslim as ts
 from torchslim.export.packed import packed_io
 from torchslim.measure import threads_fixed
 from torchslim.techniques import ApplyContext, apply
-from torchslim.techniques.codebook import CodebookLayer, CodebookQuant, kmeans_1d
+from torchslim.techniques.codebook import (
+    CodebookLayer,
+    CodebookQuant,
+    kmeans_1d,
+    kmeans_keep_zeros,
+)
+from torchslim.techniques.pruning import MagnitudePruning, make_permanent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,3 +67,59 @@ def test_codebook_needs_a_task_to_fine_tune():
     assert isinstance(model[0], nn.Linear) and "weight" in dict(model[0].named_parameters())
     with pytest.raises(ts.ConfigError, match="init 'kmeans\\+\\+' is unknown"):
         CodebookQuant(init="kmeans++")
+
+
+def test_kmeans_keep_zeros_reserves_one_exact_zero():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(40, 25, generator=generator)
+    values[values.abs() < 1.0] = 0.0  # ~68 % zeros
+    centroids, indices, zero_index = kmeans_keep_zeros(values, 8)
+    assert centroids.numel() == 8 and centroids[zero_index] == 0
+    assert torch.equal(centroids, centroids.sort().values)
+    assert torch.equal(indices == zero_index, values == 0)
+    assert len(torch.unique(centroids[indices])) <= 8
+
+
+def test_pruned_layer_keeps_exactly_its_zeros_through_codebook_fine_tuning(tiny_task):
+    base = tiny_task.baseline(progress=False)
+    pruned = apply(base, MagnitudePruning(sparsity=0.8, mode="layer"), tiny_task)
+    make_permanent(pruned)
+    zeros = {
+        name: int((m.weight == 0).sum())
+        for name, m in pruned.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+    assert zeros["0"] >= 0.79 * base[0].weight.numel()
+    context = ApplyContext(task=tiny_task)
+    untuned = apply(pruned, CodebookQuant(bits=3, epochs=0), tiny_task)
+    tuned = apply(pruned, CodebookQuant(bits=3, epochs=3, lr=0.05), tiny_task, context=context)
+    for name, layer in tuned.named_modules():
+        if not isinstance(layer, CodebookLayer):
+            continue
+        weight = layer.shared_weight()
+        assert int((weight == 0).sum()) == zeros[name]
+        assert torch.equal(weight == 0, pruned.get_submodule(name).weight == 0)
+        assert len(torch.unique(weight)) <= 2**3
+        assert 0 <= int(layer.zero_index) < 2**3
+        assert context.notes["quantization"]["layers"][name]["kept_zeros"] == zeros[name]
+        before = untuned.get_submodule(name).centroids
+        assert not torch.equal(layer.centroids, before)  # the non-zero centroids trained
+        again = copy.deepcopy(layer)
+        assert torch.equal(again.shared_weight(), weight)
+    # the opt-out clusters the zeros like any other weight (the previous behaviour)
+    plain = apply(pruned, CodebookQuant(bits=3, keep_zeros=False), tiny_task)
+    assert all(int(m.zero_index) == -1 for m in plain.modules() if isinstance(m, CodebookLayer))
+
+
+def test_dense_layers_reserve_no_zero_and_old_state_dicts_load():
+    model = nn.Sequential(nn.Linear(16, 8)).eval()
+    shared = apply(model, CodebookQuant(bits=2, iterations=5))
+    assert int(shared[0].zero_index) == -1
+    assert len(torch.unique(shared[0].shared_weight())) == 4
+    state = {k: v for k, v in shared.state_dict().items() if not k.endswith("zero_index")}
+    again = copy.deepcopy(shared)
+    with torch.no_grad():
+        again[0].zero_index.fill_(0)
+    again.load_state_dict(state)  # saved before zero_index existed: no reserved zero
+    assert int(again[0].zero_index) == -1
+    assert torch.equal(again[0].shared_weight(), shared[0].shared_weight())

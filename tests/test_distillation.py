@@ -105,10 +105,12 @@ def test_distill_config_is_a_recovery_step(tiny_task):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=False,
-    reason="KD gain (+2.4..2.7 points over seeds 0-2) was measured with a 0.914 teacher; the "
-    "session-trained teacher depends on the thread count (0.904 with 1 thread) and then KD "
-    "lost 0.8 points. Needs a more robust setup (see issue 5 report).",
+    strict=True,
+    reason="open (issue 5): on mnist1d-cnn the baseline teacher fits its training set "
+    "(100% train accuracy, mean top-1 probability 0.9998), so its soft targets add nothing "
+    "there; measured with a 1-thread teacher (0.904): KD 0.801-0.841 vs no-KD 0.809-0.854 "
+    "over T in {1,2,3,4}, alpha in {0.3..0.9}, 60-150 epochs, with and without mixup. "
+    "strict: this starts failing (XPASS) the day distillation wins, so the marker is removed.",
 )
 def test_distilled_student_beats_the_same_student_trained_without_kd():
     torch.set_num_threads(1)

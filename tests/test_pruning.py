@@ -221,3 +221,16 @@ def test_mnist1d_cnn_80_percent_loses_at_most_two_points():
     assert zeros / total == pytest.approx(0.8, abs=0.01)
     accuracy = task.evaluate(pruned)
     assert accuracy >= baseline - 0.02, (baseline, accuracy)
+
+
+def test_pruned_models_can_be_applied_to_again():
+    """apply() deep-copies its input: a freshly masked model must allow that."""
+    import copy
+
+    from torchslim.techniques import CONFIGS, apply
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    once = apply(model, CONFIGS["magnitude_pruning"](sparsity=0.5))
+    twice = apply(once, CONFIGS["magnitude_pruning"](sparsity=0.75))
+    copy.deepcopy(twice)
+    assert ts.count_nonzero(twice) == 10 + int(0.25 * 80)  # biases + the kept quarter of 80 weights

@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping
     try:
         return int(args.handler(args, console) or 0)
     except TorchslimError as exc:

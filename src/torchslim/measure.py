@@ -33,15 +33,22 @@ from torchslim.task import Task, call_model, threads_fixed
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (shared parameters counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of weights the forward pass uses (a codebook layer's shared weight counts
+    as its full weight tensor: weight sharing saves bytes, not weights)."""
+    return sum(p.numel() for _, p in effective_parameters(model))
 
 
 def effective_parameters(module: nn.Module, recurse: bool = True) -> list[tuple[str, torch.Tensor]]:
     """Parameters as the forward pass sees them: a pruning mask (``X_orig`` + ``X_mask``,
-    as ``torch.nn.utils.prune`` stores it) is applied, so zeros it imposes are counted."""
+    as ``torch.nn.utils.prune`` stores it) is applied, so zeros it imposes are counted, and
+    a codebook layer contributes its shared weight (``centroids[indices]``)."""
     result = []
     for owner_name, owner in module.named_modules() if recurse else [("", module)]:
+        if callable(getattr(owner, "shared_weight", None)):  # a codebook layer's weight entries
+            result.append(
+                (f"{owner_name}.weight" if owner_name else "weight", owner.shared_weight().detach())
+            )
+            continue
         for name, param in owner.named_parameters(recurse=False):
             if name.endswith("_orig") and hasattr(owner, name[: -len("_orig")] + "_mask"):
                 name = name[: -len("_orig")]
@@ -92,12 +99,19 @@ def count_macs(model: nn.Module, inputs: Any) -> MacCount:
         model.train(was_training)
     batch = _batch_of(inputs)
     flops = counter.get_total_flops() // batch
+    inclusive = {
+        (key.split(".", 1)[1] if "." in key else ""): sum(ops.values())
+        for key, ops in counter.get_flop_counts().items()
+        if key != "Global"
+    }
     per_layer: dict[str, int] = {}
-    leaves = {name for name, module in model.named_modules() if not list(module.children())}
-    for key, ops in counter.get_flop_counts().items():
-        name = key.split(".", 1)[1] if "." in key else ""
-        if name in leaves:
-            per_layer[name] = sum(ops.values()) // 2 // batch
+    for name, module in model.named_modules():
+        if name not in inclusive or not name:
+            continue
+        children = sum(inclusive.get(f"{name}.{child}", 0) for child, _ in module.named_children())
+        own = inclusive[name] - children
+        if own > 0:  # the module itself runs the op (a leaf, or a wrapper calling F.conv/linear)
+            per_layer[name] = own // 2 // batch
     return MacCount(macs=flops // 2, flops=flops, per_layer=per_layer)
 
 
@@ -108,18 +122,28 @@ def _batch_of(inputs: Any) -> int:
 
 
 def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
-    """Per-layer parameters, non-zeros and MACs for every leaf module that has either."""
+    """Per-layer parameters, non-zeros and MACs for every leaf module that has either.
+
+    A wrapper that runs its wrapped layer's op itself (a codebook or fake-quant layer
+    around a Linear / Conv) is one row, with its own and its children's weights.
+    """
     rows = []
+    wrapped: set[str] = set()
     for name, module in model.named_modules():
-        if list(module.children()):
+        if not name or any(name.startswith(prefix + ".") for prefix in wrapped):
             continue
-        params = sum(p.numel() for p in module.parameters(recurse=False))
+        is_leaf = not list(module.children())
+        wrapper = not is_leaf and name in macs.per_layer
+        if not (is_leaf or wrapper):
+            continue
+        if wrapper:
+            wrapped.add(name)
+        tensors = [p for _, p in effective_parameters(module, recurse=wrapper)]
+        params = sum(p.numel() for p in tensors)
         layer_macs = macs.per_layer.get(name, 0)
         if params == 0 and layer_macs == 0:
             continue
-        nonzero = sum(
-            int(torch.count_nonzero(p)) for _, p in effective_parameters(module, recurse=False)
-        )
+        nonzero = sum(int(torch.count_nonzero(p)) for p in tensors)
         rows.append(LayerFootprint(name, type(module).__name__, params, nonzero, layer_macs))
     return rows
 

@@ -118,26 +118,26 @@ def open_study(
                 raise
             time.sleep(0.5)
     assert study is not None
-    attrs = study.user_attrs
-    if "task_fingerprint" not in attrs:
+    # One attribute written in one call, so a concurrent worker never sees half of it.
+    identity = {"task_fingerprint": fingerprint, "objective": objective, "multi_objective": multi}
+    found = study.user_attrs.get("torchslim")
+    if found is None:
         if study.trials:
             raise ConfigError(
                 f"study {name!r} was not created by torchslim (no task fingerprint); use another "
                 "--study name"
             )
-        study.set_user_attr("task_fingerprint", fingerprint)
-        study.set_user_attr("objective", objective)
-        study.set_user_attr("multi_objective", multi)
-    elif attrs["task_fingerprint"] != fingerprint:
+        study.set_user_attr("torchslim", identity)
+    elif found["task_fingerprint"] != fingerprint:
         raise ConfigError(
             f"study {name!r} was created for another task (fingerprint "
-            f"{attrs['task_fingerprint'][:12]}, this task {fingerprint[:12]}); use another "
+            f"{found['task_fingerprint'][:12]}, this task {fingerprint[:12]}); use another "
             "--study name"
         )
-    elif attrs.get("objective") != objective or attrs.get("multi_objective") != multi:
+    elif found.get("objective") != objective or found.get("multi_objective") != multi:
         raise ConfigError(
-            f"study {name!r} optimizes {attrs.get('objective')} (multi-objective: "
-            f"{attrs.get('multi_objective')}); use another --study name for {objective}"
+            f"study {name!r} optimizes {found.get('objective')} (multi-objective: "
+            f"{found.get('multi_objective')}); use another --study name for {objective}"
         )
     return study
 

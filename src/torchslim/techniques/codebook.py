@@ -7,6 +7,13 @@ centroids by gradient (the gradient of a centroid is the sum of the gradients of
 the weights that share it), so a layer never has more than ``2^bits`` distinct
 weight values. The packed artifact (:mod:`torchslim.export.packed`) stores the
 indices bit-packed.
+
+Pruned layers keep their sparsity (as in Deep Compression, where pruning comes
+first and only the surviving weights are shared): when at least
+:data:`ZERO_FRACTION` of a layer's weights are exact zeros, k-means runs on the
+non-zero weights with ``2^bits - 1`` centroids and one index is reserved for an
+exact zero that fine-tuning never moves, so the layer still has at most ``2^bits``
+distinct values (zero included) and its zeros compress well in the packed file.
 """
 
 from __future__ import annotations
@@ -33,9 +40,12 @@ from torchslim.techniques.fake_quant import (
     layer_bits,
     set_module,
 )
+from torchslim.techniques.pruning import make_permanent
 from torchslim.techniques.quant_math import check_bits, sqnr
 
 _INITS = ("linear", "density", "random")
+ZERO_FRACTION = 0.01
+"""Fraction of exact zeros from which a layer reserves a codebook index for zero."""
 
 
 @register_config
@@ -53,6 +63,9 @@ class CodebookQuant(TechniqueConfig):
         fold_bn: fold BatchNorm into the preceding layer first.
         half_codebook: round the centroids and biases of shared layers to float16
             values (after fine-tuning), so the packed artifact stores them in 2 bytes.
+        keep_zeros: layers with at least :data:`ZERO_FRACTION` exact zeros (pruned
+            layers) keep them: one of the ``2^bits`` indices is an exact zero, fixed
+            during fine-tuning, and k-means shares only the non-zero weights.
         layer_bits: per-layer bits by name / ``re:`` pattern / type (last match wins).
         scope: which layers are shared (``exclude`` keeps layers in float).
     """
@@ -66,6 +79,7 @@ class CodebookQuant(TechniqueConfig):
     init: str = "linear"
     fold_bn: bool = True
     half_codebook: bool = True
+    keep_zeros: bool = True
     layer_bits: tuple[tuple[str, int], ...] = ()
     scope: Scope = Scope()
 
@@ -121,26 +135,70 @@ def kmeans_1d(
     return centroids, indices.reshape(values.shape)
 
 
+@torch.no_grad()
+def kmeans_keep_zeros(
+    values: torch.Tensor, clusters: int, iterations: int = 30, init: str = "linear", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`kmeans_1d` of the non-zero values into ``clusters - 1`` centroids, plus zero.
+
+    Returns:
+        ``(centroids, indices, zero_index)``: ``clusters`` sorted centroids, one of them
+        an exact ``0.0`` at ``zero_index``, which every zero of ``values`` is assigned to.
+    """
+    flat = values.detach().float().reshape(-1)
+    nonzero = flat != 0
+    if bool(nonzero.any()):
+        shared, shared_indices = kmeans_1d(flat[nonzero], clusters - 1, iterations, init, seed)
+    else:  # an all-zero layer: every index is the zero
+        shared, shared_indices = torch.zeros(clusters - 1), torch.zeros(0, dtype=torch.int64)
+    zero_index = int((shared < 0).sum())
+    centroids = torch.cat([shared[:zero_index], torch.zeros(1), shared[zero_index:]])
+    indices = torch.full_like(flat, zero_index, dtype=torch.int64)
+    indices[nonzero] = shared_indices + (shared_indices >= zero_index).long()
+    return centroids, indices.reshape(values.shape), zero_index
+
+
 class CodebookLayer(nn.Module):
     """A Linear / Conv module whose weight is ``centroids[indices]`` (shared weights).
 
     The module's own weight parameter is removed; ``centroids`` is a trained
-    parameter, ``indices`` a uint8 buffer.
+    parameter, ``indices`` a uint8 buffer. ``zero_index`` (a buffer, ``-1`` when
+    unused) names the index whose weights are an exact zero whatever its centroid
+    holds, so pruned weights stay pruned while the centroids are fine-tuned.
     """
 
     def __init__(
-        self, module: nn.Module, centroids: torch.Tensor, indices: torch.Tensor, bits: int
+        self,
+        module: nn.Module,
+        centroids: torch.Tensor,
+        indices: torch.Tensor,
+        bits: int,
+        zero_index: int = -1,
     ):
         super().__init__()
+        if not -1 <= zero_index < centroids.numel():
+            raise ValueError(f"zero_index must be -1 or a centroid index, got {zero_index}")
         del module.weight
         self.module = module
         self.bits = bits
         self.centroids = nn.Parameter(centroids.float().clone())
         self.register_buffer("indices", indices.to(torch.uint8))
+        self.register_buffer("zero_index", torch.tensor(zero_index, dtype=torch.int64))
+        if zero_index >= 0:
+            with torch.no_grad():
+                self.centroids[zero_index] = 0.0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # state dicts saved before ``zero_index`` existed: no reserved zero
+        state_dict.setdefault(f"{prefix}zero_index", torch.tensor(-1, dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def shared_weight(self) -> torch.Tensor:
-        """The weight tensor: each entry is one of the centroids."""
-        return self.centroids[self.indices.long()]
+        """The weight tensor: each entry is one of the centroids (or the reserved zero)."""
+        indices = self.indices.long()
+        weight = self.centroids[indices]
+        # branch-free (traceable): with zero_index = -1 no uint8 index matches
+        return weight.masked_fill(indices == self.zero_index, 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's operation with the shared weight."""
@@ -163,15 +221,25 @@ def _codebook(model: nn.Module, config: CodebookQuant, context: ApplyContext) ->
             "train data) or set epochs=0"
         )
     model.eval()
+    make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
     folded = fold_batchnorm(model) if config.fold_bn else []
     chosen = _select(model, config, WEIGHT_TYPES, context)
     layers: dict[str, CodebookLayer] = {}
     weight_db: dict[str, float] = {}
+    kept_zeros: dict[str, int] = {}
     for name, module in chosen:
         bits = layer_bits(name, module, config.bits, config.layer_bits)
         weight = module.weight.detach().clone()
-        centroids, indices = kmeans_1d(weight, 2**bits, config.iterations, config.init)
-        layer = CodebookLayer(module, centroids, indices, bits)
+        zeros = int((weight == 0).sum())
+        zero_index = -1
+        if config.keep_zeros and zeros >= ZERO_FRACTION * weight.numel():
+            centroids, indices, zero_index = kmeans_keep_zeros(
+                weight, 2**bits, config.iterations, config.init
+            )
+        else:
+            centroids, indices = kmeans_1d(weight, 2**bits, config.iterations, config.init)
+        layer = CodebookLayer(module, centroids, indices, bits, zero_index)
+        kept_zeros[name] = zeros if zero_index >= 0 else 0
         weight_db[name] = round(sqnr(weight, layer.shared_weight()), 2)
         set_module(model, name, layer)
         layers[name] = layer
@@ -196,6 +264,7 @@ def _codebook(model: nn.Module, config: CodebookQuant, context: ApplyContext) ->
                 "type": type(layer.module).__name__,
                 "bits": layer.bits,
                 "weight_sqnr_db": weight_db[name],
+                "kept_zeros": kept_zeros[name],
             }
             for name, layer in layers.items()
         },

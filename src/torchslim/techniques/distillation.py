@@ -208,8 +208,15 @@ def distill(
     feature_weight: float = 1.0,
     after_step: Any = None,
     progress: bool = False,
+    mixup: float = 0.0,
 ) -> TrainResult:
     """Train ``student`` in place to match ``teacher`` on the task's training data.
+
+    A teacher that has memorized its training set (100% train accuracy, softmax near
+    one-hot) has no "dark knowledge" left to give on those very inputs. ``mixup > 0``
+    distills on mixed inputs ``lam·x_i + (1-lam)·x_j`` (``lam ~ Beta(mixup, mixup)``),
+    where the teacher's soft outputs are informative again ("function matching",
+    Beyer et al. 2022); the hard-label term is mixed the same way.
 
     Args:
         student: the model trained (modified in place).
@@ -224,6 +231,7 @@ def distill(
         feature_weight: weight of the hint term.
         after_step: forwarded to ``task.fit`` (e.g. to keep pruning masks).
         progress: show a progress bar.
+        mixup: Beta concentration of input mixing for tensor inputs (0: off).
 
     Raises:
         ConfigError: bad temperature, alpha, loss kind or layer names (nothing trained).
@@ -234,6 +242,8 @@ def distill(
         raise ConfigError(f"loss {loss!r} is unknown; use one of {LOSS_KINDS}")
     if feature_weight < 0:
         raise ConfigError(f"feature_weight must be >= 0, got {feature_weight}")
+    if not (mixup >= 0 and math.isfinite(mixup)):
+        raise ConfigError(f"mixup must be >= 0 (0 turns it off), got {mixup}")
     check_compatible(student, teacher, task)
     teacher_mode = teacher.training
     teacher.eval()
@@ -259,10 +269,19 @@ def distill(
 
         def objective(model: nn.Module, batch: Any) -> torch.Tensor:
             inputs, target = split_batch(batch)
+            lam, partner = 1.0, None
+            if mixup > 0 and isinstance(inputs, torch.Tensor) and inputs.shape[0] > 1:
+                lam = float(torch.distributions.Beta(mixup, mixup).sample())
+                partner = torch.randperm(inputs.shape[0])
+                inputs = lam * inputs + (1 - lam) * inputs[partner]
             with torch.no_grad():
                 teacher_out = call_model(teacher, inputs)
             student_out = call_model(wrapper.student, inputs)
-            if loss == "logits":
+            if loss == "logits" and partner is not None and target is not None:
+                value = lam * hinton_loss(student_out, teacher_out, target, temperature, alpha) + (
+                    1 - lam
+                ) * hinton_loss(student_out, teacher_out, target[partner], temperature, alpha)
+            elif loss == "logits":
                 value = hinton_loss(student_out, teacher_out, target, temperature, alpha)
             else:
                 value = alpha * embedding_loss(student_out, teacher_out, loss)
@@ -321,10 +340,13 @@ class Distill(TechniqueConfig):
     loss: str = "logits"
     features: tuple[tuple[str, str], ...] = ()
     feature_weight: float = 1.0
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError(f"distill.epochs must be an integer >= 1, got {self.epochs!r}")
+        if not self.mixup >= 0:
+            raise ConfigError(f"distill.mixup must be >= 0 (0 turns it off), got {self.mixup}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"distill.lr must be > 0 (or null for the task's), got {self.lr}")
         check_kd_args(self.temperature, self.alpha)
@@ -358,6 +380,7 @@ def _distill(model: nn.Module, config: Distill, context: ApplyContext) -> nn.Mod
         loss=config.loss,
         features=config.features,
         feature_weight=config.feature_weight,
+        mixup=config.mixup,
     )
     context.notes.setdefault("distill", []).append(
         {"steps": result.steps, "seconds": round(result.seconds, 3), "loss": result.final_loss}
@@ -390,9 +413,13 @@ class Student(TechniqueConfig):
     lr: float | None = None
     temperature: float = 4.0
     alpha: float = 0.7
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         from torchslim.models import MODELS
+
+        if not self.mixup >= 0:
+            raise ConfigError(f"student.mixup must be >= 0 (0 turns it off), got {self.mixup}")
 
         if self.model not in MODELS:
             raise ConfigError(
@@ -424,6 +451,7 @@ def _student(model: nn.Module, config: Student, context: ApplyContext) -> nn.Mod
         lr=config.lr,
         temperature=config.temperature,
         alpha=config.alpha,
+        mixup=config.mixup,
     )
     student.torchslim_arch = {"name": config.model, "kwargs": dict(config.model_kwargs)}
     context.notes.setdefault("distill", []).append(

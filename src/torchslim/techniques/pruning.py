@@ -316,6 +316,8 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
             module.weight = module.weight_orig * module.weight_mask
     else:
         prune.custom_from_mask(module, "weight", mask)
+        with torch.no_grad():  # a plain tensor (not a graph node), so the model can be deep-copied
+            module.weight = module.weight_orig * module.weight_mask
 
 
 def is_masked(module: nn.Module) -> bool:

@@ -40,6 +40,7 @@ from torchslim.techniques.fake_quant import (
     layer_bits,
     set_module,
 )
+from torchslim.techniques.pruning import make_permanent
 from torchslim.techniques.quant_math import OBSERVERS, check_bits, fake_quantize, qrange, sqnr
 
 _WEIGHT_OBSERVERS = ("minmax", "mse", "percentile")
@@ -438,6 +439,7 @@ def _prepare_static(
     inputs = calibration_inputs(context.task, config.calibration_batches, config.name)
     model.eval()
     run_batch(model, inputs[0], config.name)
+    make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
     folded = fold_batchnorm(model) if config.fold_bn else []
     reference = copy.deepcopy(model)
     chosen = _select(model, config, WEIGHT_TYPES, context)
@@ -465,6 +467,7 @@ def _static_quant(model: nn.Module, config: StaticQuant, context: ApplyContext) 
 
 @register_handler(DynamicQuant)
 def _dynamic_quant(model: nn.Module, config: DynamicQuant, context: ApplyContext) -> nn.Module:
+    make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
     chosen = _select(model, config, (nn.Linear, *RNN_TYPES), context)
     linears = [(n, m) for n, m in chosen if isinstance(m, nn.Linear)]
     layers = _wrap(model, config, linears, "dynamic")
