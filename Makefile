@@ -24,8 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP)  # slow: trains every baseline once (VGG included) and runs each comparison
 	$(PY) benchmarks/footprints.py
+	$(PY) benchmarks/pruning.py
+	$(PY) benchmarks/quantization.py
+	$(PY) benchmarks/distill_lowrank.py
+	$(PY) benchmarks/optimize.py --part all
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

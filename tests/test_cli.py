@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,18 @@ from test_tasks import USER_TASK
 from torchslim.cli import main
 from torchslim.models import build_model
 
+CANDIDATE_KEYS = {
+    "name",
+    "techniques",
+    "metric_drop",
+    "size_ratio",
+    "params_ratio",
+    "macs_ratio",
+    "speedup",
+    "simulated",
+    "train_seconds",
+    "recipe",
+}
 FOOTPRINT_KEYS = {
     "metric",
     "params",
@@ -96,6 +109,8 @@ def test_checkpoint_that_does_not_fit_its_task(user_file, tmp_path, capsys):
 
 
 def test_demo_quick_writes_results(tmp_path, capsys):
+    from torchslim.techniques import CONFIGS
+
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -103,6 +118,23 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert FOOTPRINT_KEYS <= set(results["baseline"])
     assert results["baseline"]["artifact_bytes"] == (out / "baseline.safetensors").stat().st_size
     assert results["baseline"]["metric"] >= 0.85
+    candidates = {c["name"]: c for c in results["candidates"]}
+    families = {CONFIGS[t].family for c in candidates.values() for t in c["techniques"]}
+    assert {"pruning", "quantization", "distillation", "lowrank", "dynamic"} <= families
+    assert "optimized (1-point budget)" in candidates
+    for candidate in candidates.values():
+        assert CANDIDATE_KEYS <= set(candidate)
+        assert candidate["artifact_bytes"] == Path(candidate["artifact"]).stat().st_size
+    # re-measure one artifact from its file alone: same bytes, same metric
+    agp = candidates["magnitude 80% (AGP)"]
+    task = ts.tasks.get("mnist1d-cnn")
+    model, _ = ts.load_checkpoint(agp["artifact"])
+    assert task.evaluate(model) == agp["metric"]
+    assert ts.count_nonzero(model) == agp["nonzero_params"]
+    assert agp["size_ratio"] > 2.5  # 80% zeros in the sparse format
+    assert (out / "report.html").exists()
+    table = capsys.readouterr().out
+    assert "magnitude 80% (AGP)" in table and "deployed (onnxruntime)" in table
 
 
 def test_console_entry_point_exit_code(tmp_path):

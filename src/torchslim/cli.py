@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = command("report", "Print a results.json as a table and write its HTML report.")
     report.add_argument("results", help="a results.json written by demo, compress or optimize")
     report.add_argument("--html", help="write the HTML report here (default: next to the JSON)")
+    report.add_argument("--markdown", action="store_true", help="print the table as markdown")
     report.set_defaults(handler=cmd_report)
 
     optimize = command(
@@ -334,7 +335,12 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     report = Report.load(results)
     html_path = Path(args.html) if args.html else results.with_name("report.html")
     write_html(report, html_path)
-    console.print(results_table(report))
+    if args.markdown:
+        from torchslim.report import markdown_table
+
+        print(markdown_table(report), end="")
+    else:
+        console.print(results_table(report))
     console.print(f"wrote {html_path}")
     return 0
 

@@ -48,16 +48,19 @@ def demo_recipes(quick: bool = False) -> list[Recipe]:
         return Recipe(steps=configs, name=name, export=Export(export) if export else None)
 
     return [
-        recipe("magnitude 80% (AGP)", ("gradual_pruning", {"sparsity": 0.8, "epochs": epochs(40)})),
+        recipe(
+            "magnitude 80% (AGP)",
+            ("gradual_pruning", {"sparsity": 0.8, "epochs": epochs(100), "lr": 1e-2}),
+        ),
         recipe(
             "taylor 50% + finetune",
             ("taylor_pruning", {"sparsity": 0.5, "batches": 8}),
-            ("finetune", {"epochs": epochs(10)}),
+            ("finetune", {"epochs": epochs(30), "lr": 3e-3}),
         ),
         recipe(
             "channels 50% + finetune",
             ("channel_pruning", {"ratio": 0.5}),
-            ("finetune", {"epochs": epochs(30), "lr": 3e-3}),
+            ("finetune", {"epochs": epochs(60), "lr": 1e-2}),
         ),
         recipe("dynamic int8", ("dynamic_quant", {"bits": 8})),
         recipe("static int8", ("static_quant", {"bits": 8})),
@@ -79,15 +82,35 @@ def demo_recipes(quick: bool = False) -> list[Recipe]:
         recipe(
             "low-rank 50% + finetune",
             ("tucker2", {"ratio": 0.5}),
-            ("finetune", {"epochs": epochs(20), "lr": 3e-3}),
+            ("finetune", {"epochs": epochs(60), "lr": 1e-2}),
         ),
         recipe("early exit", ("early_exit", {"threshold": 0.9, "epochs": epochs(10)})),
         recipe(
             "combined: AGP 80% + int8",
-            ("gradual_pruning", {"sparsity": 0.8, "epochs": epochs(40)}),
+            ("gradual_pruning", {"sparsity": 0.8, "epochs": epochs(100), "lr": 1e-2}),
             ("static_quant", {"bits": 8}),
         ),
     ]
+
+
+def _optimized_recipe(task: Task, quick: bool) -> Recipe:
+    """The optimizer's answer (greedy, smallest artifact within the 1-point budget) as a recipe."""
+    from torchslim.search import optimize
+
+    progress_console.print("  optimizing: smallest artifact within a 1-point budget (greedy) ...")
+    result = optimize(
+        task,
+        max_drop=BUDGET["max_drop"] * 100,
+        objective="size",
+        strategy="greedy",
+        latency=False,
+        progress=False,
+        recovery_epochs=2 if quick else None,
+        codebook_epochs=2 if quick else None,
+    )
+    chosen = result.best or result.best_found
+    recipe = Recipe.from_dict(chosen.recipe)
+    return dataclasses.replace(recipe, name="optimized (1-point budget)")
 
 
 def _artifact_io(model, task: Task, recipe: Recipe):
@@ -126,8 +149,10 @@ def run_demo(
         f"[bold]torchslim demo[/bold] on {task.name}: baseline (trained once, then cached)"
     )
     base = task.baseline()
+    recipes = demo_recipes(quick)
+    recipes.append(_optimized_recipe(task, quick))
     applied: list[tuple[Recipe, Applied]] = []
-    for recipe in demo_recipes(quick):
+    for recipe in recipes:
         progress_console.print(f"  applying {recipe.name} ...")
         applied.append((recipe, apply_recipe(recipe, task, base)))
     models = [base] + [item.model for _, item in applied]

@@ -4,6 +4,7 @@ from torchslim.report.results import Candidate, Report
 from torchslim.report.table import (
     footprint_table,
     layer_table_view,
+    markdown_table,
     print_table,
     results_table,
     table_rows,
@@ -14,6 +15,7 @@ __all__ = [
     "Report",
     "footprint_table",
     "layer_table_view",
+    "markdown_table",
     "print_table",
     "results_table",
     "table_rows",

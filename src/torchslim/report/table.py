@@ -149,7 +149,8 @@ def table_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:
     for candidate in report.candidates:
         fp = candidate.footprint
         ratio = compare(base, fp)
-        label = candidate.name + (" (simulated)" if fp.simulated else "")
+        label = ("* " if candidate.name == report.best else "") + candidate.name
+        label += " (simulated)" if fp.simulated else ""
         rows.append(
             {
                 "cells": [
@@ -203,3 +204,15 @@ def results_table(report: Report, title: str | None = None) -> Table:
         style = "bold green" if row["best"] else ("dim" if not row["within_budget"] else None)
         table.add_row(*row["cells"], style=style)
     return table
+
+
+def markdown_table(report: Report) -> str:
+    """The comparison table as GitHub markdown (for READMEs and docs)."""
+    header, rows = table_rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        cells = [str(c) for c in row["cells"]]
+        if row["best"]:
+            cells[0] = f"**{cells[0].removeprefix('* ')}** (best)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
