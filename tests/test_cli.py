@@ -150,3 +150,25 @@ def test_console_entry_point_exit_code(tmp_path):
         "torchslim: error: unknown task 'nope'; use one of cifar10-vgg, digits-mlp, digits32-mobilenet, "
         "digits32-resnet, digits32-vgg, mnist1d-cnn or path/to/file.py:function"
     )
+
+
+@pytest.mark.parametrize("fmt", ["torch", "onnx", "onnx-int8", "packed"])
+def test_export_formats_reload_and_score(user_file, tmp_path, capsys, fmt):
+    out = tmp_path / "train"
+    assert main(["train", f"{user_file}:make_mlp_task", "--out", str(out), "--no-latency"]) == 0
+    source = out / "model.safetensors"
+    before = file_digest(source)
+    target = tmp_path / f"exported.{fmt}"
+    assert main(["export", str(source), "--format", fmt, "--out", str(target)]) == 0
+    table = capsys.readouterr().out
+    assert target.exists() and f"{target.stat().st_size:,}" in table
+    assert file_digest(source) == before  # the input is never modified
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # usual permissions, not mkstemp's
+
+
+def test_export_refuses_to_overwrite_its_input(user_file, tmp_path, capsys):
+    out = tmp_path / "train"
+    assert main(["train", f"{user_file}:make_task", "--out", str(out), "--no-latency"]) == 0
+    source = out / "model.safetensors"
+    assert main(["export", str(source), "--format", "torch", "--out", str(source)]) == 1
+    assert "is the input file" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def test_there_is_an_example_per_family():
     families = set()
     for path in EXAMPLES:
         families |= {config.family for config in Recipe.from_yaml(path).steps}
-    assert {"pruning", "quantization", "recovery"} <= families
+    assert {"pruning", "quantization", "recovery", "distillation", "lowrank", "dynamic"} <= families
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

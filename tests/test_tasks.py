@@ -22,6 +22,12 @@ def make_task():
     return ts.Task(name="user-task", model=lambda: nn.Linear(4, 2), train=data, test=data,
                    train_config=ts.TrainConfig(lr=0.1, epochs=10, batch_size=50))
 
+def make_mlp_task():
+    task = make_task()
+    task.name = "user-mlp"
+    task.model = lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    return task
+
 def not_a_task():
     return 42
 

@@ -31,6 +31,10 @@ EXAMPLES = {
         "  torchslim compress my_task.py:make_task --recipe examples/static_int8.yaml --no-latency"
     ),
     "report": "example: torchslim report out/p/results.json --html out/p/report.html",
+    "export": (
+        "examples:\n  torchslim export out/train/model.safetensors --format onnx-int8\n"
+        "  torchslim export out/p/channels.safetensors --format packed --bits 4 --out small.bin"
+    ),
     "analyze": "examples:\n  torchslim analyze digits32-resnet\n  torchslim analyze mnist1d-cnn --json",
     "optimize": (
         "examples:\n  torchslim optimize digits-mlp --max-drop 1.0 --objective size --out out/opt\n"
@@ -124,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(compress)
     _add_measure_options(compress)
     compress.set_defaults(handler=cmd_compress)
+
+    export = command(
+        "export", "Convert a checkpoint to torch, onnx, onnx-int8 or packed; measure the result."
+    )
+    export.add_argument(
+        "artifact", help="a torchslim checkpoint (.safetensors) or a .pt state dict"
+    )
+    export.add_argument("--format", required=True, choices=("torch", "onnx", "onnx-int8", "packed"))
+    export.add_argument("--out", help="output file (default: next to the input, by format)")
+    export.add_argument("--task", help="the checkpoint's task, when its spec does not name one")
+    export.add_argument("--bits", type=int, default=8, help="weight bits for --format packed (2-8)")
+    export.add_argument(
+        "--mode", default="static", choices=("static", "dynamic"), help="onnx-int8 quantization"
+    )
+    _add_task_options(export)
+    export.set_defaults(handler=cmd_export)
 
     report = command("report", "Print a results.json as a table and write its HTML report.")
     report.add_argument("results", help="a results.json written by demo, compress or optimize")
@@ -323,6 +343,35 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     if args.layers:
         _print_footprint(console, run.candidate.name, run.candidate.footprint, layers=True)
     console.print(f"wrote {out / 'results.json'}, {out / 'report.html'} and the artifact in {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    """Convert a checkpoint; print the artifact's bytes and its measured metric."""
+    from rich.table import Table
+
+    from torchslim.export.convert import default_output, export_artifact, load_source
+
+    model, task = load_source(args.artifact, args.task, args.data_dir)
+    out = Path(args.out) if args.out else default_output(args.artifact, args.format)
+    if out.resolve() == Path(args.artifact).resolve():
+        from torchslim.errors import ConfigError
+
+        raise ConfigError(
+            f"--out {out} is the input file; choose another path (inputs are never overwritten)"
+        )
+    result = export_artifact(model, task, args.format, out, bits=args.bits, mode=args.mode)
+    table = Table(title=f"exported {args.artifact}", title_justify="left")
+    for column in ("format", "artifact", "bytes", f"{task.metric_name} (source)", task.metric_name):
+        table.add_column(column, justify="left" if column in ("format", "artifact") else "right")
+    table.add_row(
+        result.format,
+        str(result.path),
+        f"{result.artifact_bytes:,}",
+        f"{result.source_metric:.4f}",
+        f"{result.metric:.4f}",
+    )
+    console.print(table)
     return 0
 
 

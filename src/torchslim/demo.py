@@ -113,18 +113,6 @@ def _optimized_recipe(task: Task, quick: bool) -> Recipe:
     return dataclasses.replace(recipe, name="optimized (1-point budget)")
 
 
-def _artifact_io(model, task: Task, recipe: Recipe):
-    """The artifact format for a demo candidate (early-exit wrappers load into a template)."""
-    from torchslim.techniques.dynamic import EarlyExitModel
-
-    if isinstance(model, EarlyExitModel):
-        spec = {k: v for k, v in task.spec().items() if k != "arch"}
-        return checkpoint_io(task, model, spec=spec)
-    return artifact_io(
-        model, task, choose_format(model, recipe.export.format if recipe.export else None)
-    )
-
-
 def run_demo(
     out: str | Path = "out/demo",
     quick: bool = False,
@@ -156,7 +144,12 @@ def run_demo(
         progress_console.print(f"  applying {recipe.name} ...")
         applied.append((recipe, apply_recipe(recipe, task, base)))
     models = [base] + [item.model for _, item in applied]
-    ios = [checkpoint_io(task, base)] + [_artifact_io(item.model, task, r) for r, item in applied]
+    ios = [checkpoint_io(task, base)] + [
+        artifact_io(
+            item.model, task, choose_format(item.model, r.export.format if r.export else None)
+        )
+        for r, item in applied
+    ]
     paths = [out / "baseline.safetensors"] + [
         out / f"{_safe(r.name)}.safetensors" for r, _ in applied
     ]

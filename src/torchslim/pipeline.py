@@ -92,6 +92,11 @@ def artifact_io(model: nn.Module, task: Task, fmt: str) -> ArtifactIO:
 
         return sparse_io(task, model)
     if fmt == "torch":
+        from torchslim.techniques.dynamic import EarlyExitModel
+
+        if isinstance(model, EarlyExitModel):  # a wrapper the spec cannot rebuild: load into a copy
+            spec = {k: v for k, v in task.spec().items() if k != "arch"}
+            return checkpoint_io(task, model, spec=spec)
         if _is_quantized(model):
             raise ConfigError(
                 "a quantized model is saved as 'packed' (or exported to onnx-int8), not 'torch'"
