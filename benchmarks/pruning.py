@@ -224,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer points and epochs")
     parser.add_argument("--part", choices=("unstructured", "structured", "all"), default="all")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = {"quick": args.quick, "torch": torch.__version__}
@@ -231,8 +232,8 @@ def main() -> None:
         results["unstructured"] = unstructured(args.quick)
     if args.part in ("structured", "all"):
         results["structured"] = structured(args.quick)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS, json.dumps(results, indent=2))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.json, json.dumps(results, indent=2))
     print(markdown(results))
 
 

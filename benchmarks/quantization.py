@@ -232,18 +232,19 @@ def main() -> None:
     parser.add_argument("--codebook-epochs", type=int, default=5)
     parser.add_argument("--no-inductor", dest="inductor", action="store_false")
     parser.add_argument("--out", type=Path, default=Path("out/bench-quantization"))
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with threads_fixed(1):
         for name in args.tasks:
             rows += bench_task(name, args.qat_epochs, args.codebook_epochs, args.out, args.inductor)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
         "threads": 1,
         "note": "latency medians in ms, interleaved per runtime",
     }
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(markdown(rows))
 
 
