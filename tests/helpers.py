@@ -26,3 +26,26 @@ def tiny_mlp(features: int = 8, classes: int = 3) -> nn.Module:
 def file_digest(path: Path) -> str:
     """sha256 of a file: to check that inputs are never modified."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+CANDIDATE_KEYS = {
+    "metric",
+    "params",
+    "nonzero_params",
+    "artifact_bytes",
+    "macs",
+    "latency_ms",
+    "runtime",
+    "artifact",
+    "name",
+    "techniques",
+    "metric_drop",
+    "size_ratio",
+    "params_ratio",
+    "macs_ratio",
+    "speedup",
+    "simulated",
+    "train_seconds",
+    "recipe",
+}
+"""The keys every results.json candidate carries (the contract of the demo/report issue)."""

@@ -11,23 +11,11 @@ from pathlib import Path
 import pytest
 
 import torchslim as ts
-from helpers import file_digest
+from helpers import CANDIDATE_KEYS, file_digest
 from test_tasks import USER_TASK
 from torchslim.cli import main
 from torchslim.models import build_model
 
-CANDIDATE_KEYS = {
-    "name",
-    "techniques",
-    "metric_drop",
-    "size_ratio",
-    "params_ratio",
-    "macs_ratio",
-    "speedup",
-    "simulated",
-    "train_seconds",
-    "recipe",
-}
 FOOTPRINT_KEYS = {
     "metric",
     "params",

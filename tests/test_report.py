@@ -12,29 +12,9 @@ from PIL import Image
 from rich.console import Console
 
 import torchslim as ts
+from helpers import CANDIDATE_KEYS
 from torchslim.measure import LayerFootprint
 from torchslim.report import Candidate, Report, results_table
-
-CANDIDATE_KEYS = {
-    "metric",
-    "params",
-    "nonzero_params",
-    "artifact_bytes",
-    "macs",
-    "latency_ms",
-    "runtime",
-    "artifact",
-    "name",
-    "techniques",
-    "metric_drop",
-    "size_ratio",
-    "params_ratio",
-    "macs_ratio",
-    "speedup",
-    "simulated",
-    "train_seconds",
-    "recipe",
-}
 
 
 def footprint(metric, size, nonzero, macs, b1, bn, simulated=False, runtime="torch"):

@@ -19,13 +19,12 @@ from torchslim import tasks
 from torchslim.measure import checkpoint_io, compare, measure_many
 from torchslim.pipeline import (
     Applied,
-    _deploy,
-    _has_int_grid,
-    _layer_notes,
-    _safe,
     apply_recipe,
     artifact_io,
     choose_format,
+    deploy_onnx,
+    has_int_grid,
+    safe_name,
 )
 from torchslim.progress import console as progress_console
 from torchslim.recipe import Export, Recipe
@@ -151,7 +150,7 @@ def run_demo(
         for r, item in applied
     ]
     paths = [out / "baseline.safetensors"] + [
-        out / f"{_safe(r.name)}.safetensors" for r, _ in applied
+        out / f"{safe_name(r.name)}.safetensors" for r, _ in applied
     ]
     from torchslim.techniques.fake_quant import is_simulated
 
@@ -170,19 +169,11 @@ def run_demo(
     measure_seconds = time.perf_counter() - start
     candidates = []
     for (recipe, item), footprint in zip(applied, footprints[1:], strict=True):
-        candidate = Candidate(
-            name=recipe.name,
-            techniques=[c.name for c in recipe.steps],
-            footprint=footprint,
-            recipe=recipe.to_dict(),
-            train_seconds=item.seconds,
-            history=item.history,
-            layers=_layer_notes(item.notes),
-        )
+        candidate = item.candidate(recipe, footprint)
         _early_exit_macs(candidate, item, task)
-        if _has_int_grid(item.model):
+        if has_int_grid(item.model):
             progress_console.print(f"  deploying {recipe.name} to ONNX Runtime int8 ...")
-            _deploy(candidate, item.model, base, task, out, recipe.name, None, 1, batch_n, True)
+            deploy_onnx(candidate, item.model, base, task, out, recipe.name, None, 1, batch_n, True)
         candidates.append(candidate)
     report = Report(
         task=task.name,
@@ -202,7 +193,7 @@ def run_demo(
     )
     report.save(out)
     for recipe, _ in applied:
-        recipe.save(out / "recipes" / f"{_safe(recipe.name)}.yaml")
+        recipe.save(out / "recipes" / f"{safe_name(recipe.name)}.yaml")
     console.print(results_table(report))
     console.print(f"wrote {out / 'results.json'}, {out / 'report.html'} and the artifacts in {out}")
     return report

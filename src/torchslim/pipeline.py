@@ -65,7 +65,7 @@ def _is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, (QuantizedLayer, CodebookLayer)) for m in model.modules())
 
 
-def _has_int_grid(model: nn.Module) -> bool:
+def has_int_grid(model: nn.Module) -> bool:
     """Whether the model has uniform-grid quantized layers (what ONNX Runtime int8 runs)."""
     from torchslim.techniques.fake_quant import QuantizedLayer
 
@@ -130,6 +130,18 @@ class Applied:
     history: list[dict[str, Any]]
     notes: dict[str, Any]
     seconds: float
+
+    def candidate(self, recipe: Recipe, footprint: Footprint, name: str | None = None) -> Candidate:
+        """The report candidate of this applied recipe, measured as ``footprint``."""
+        return Candidate(
+            name=name or recipe.name,
+            techniques=[c.name for c in recipe.steps],
+            footprint=footprint,
+            recipe=recipe.to_dict(),
+            train_seconds=self.seconds,
+            history=self.history,
+            layers=_layer_notes(self.notes),
+        )
 
 
 def apply_recipe(
@@ -202,7 +214,7 @@ def run_recipe(
     requested = recipe.export.format if recipe.export else None
     fmt = choose_format(model, requested)
     io = artifact_io(model, task, fmt)
-    artifact = Path(out) / f"{_safe(label)}{io.suffix}" if out is not None else None
+    artifact = Path(out) / f"{safe_name(label)}{io.suffix}" if out is not None else None
     baseline_footprint, footprint = _measure(
         model,
         base,
@@ -216,20 +228,12 @@ def run_recipe(
         batch_n,
         split,
     )
-    candidate = Candidate(
-        name=label,
-        techniques=[c.name for c in recipe.steps],
-        footprint=footprint,
-        recipe=recipe.to_dict(),
-        train_seconds=applied.seconds,
-        history=applied.history,
-        layers=_layer_notes(applied.notes),
-    )
+    candidate = applied.candidate(recipe, footprint, label)
     wants_deploy = (
-        deploy if deploy is not None else (_has_int_grid(model) or requested == "onnx-int8")
+        deploy if deploy is not None else (has_int_grid(model) or requested == "onnx-int8")
     )
     if wants_deploy or requested == "onnx":
-        _deploy(
+        deploy_onnx(
             candidate, model, base, task, out, label, requested, threads, batch_n, latency, split
         )
     return RecipeRun(model, candidate, baseline_footprint, applied.notes, artifact)
@@ -275,7 +279,7 @@ def _measure(
     return baseline_footprint, footprint
 
 
-def _deploy(
+def deploy_onnx(
     candidate: Candidate,
     model: nn.Module,
     base: nn.Module,
@@ -302,11 +306,11 @@ def _deploy(
         folder = Path(out) if out is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         if requested == "onnx":
-            path = export_onnx(model, task.inputs(2), folder / f"{_safe(label)}.onnx")
+            path = export_onnx(model, task.inputs(2), folder / f"{safe_name(label)}.onnx")
             deployed = OrtModule(path)
         else:
             mode = "dynamic" if "dynamic_quant" in candidate.techniques else "static"
-            path = folder / f"{_safe(label)}.int8.onnx"
+            path = folder / f"{safe_name(label)}.int8.onnx"
             deployed = export_ort_int8(model, task, path, mode=mode)
         reference_path = export_onnx(base, task.inputs(2), folder / "baseline.fp32.onnx")
         reference = OrtModule(reference_path)
@@ -352,5 +356,5 @@ def _layer_notes(notes: dict[str, Any]) -> dict[str, dict[str, float]]:
     return layers
 
 
-def _safe(label: str) -> str:
+def safe_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
