@@ -142,3 +142,9 @@ def test_loading_bad_results(tmp_path):
         Report.load(bad)
     with pytest.raises(ts.ConfigError, match="does not exist"):
         Report.load(tmp_path / "absent.json")
+
+
+def test_size_front_keeps_only_non_dominated_candidates():
+    report = sample_report()
+    # magnitude: 0.895 at 1000 B; static int8: 0.880 at 1100 B (worse on both) -> dominated
+    assert report.size_front() == ["magnitude 80%"]

@@ -182,6 +182,7 @@ def run_demo(
         candidates=candidates,
         budget=dict(BUDGET),
     )
+    report.pareto = report.size_front()
     within = [c for c in candidates if report.within_budget(c)]
     if within:
         report.best = max(

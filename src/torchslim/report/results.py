@@ -141,6 +141,23 @@ class Report:
             drop = drop / self.baseline.metric if self.baseline.metric else math.inf
         return drop <= self.budget["max_drop"] + 1e-12
 
+    def size_front(self) -> list[str]:
+        """Names of the candidates on the (metric up, artifact bytes down) Pareto front."""
+        front = []
+        for c in self.candidates:
+            fp = c.footprint
+            dominated = any(
+                o.footprint.metric >= fp.metric
+                and o.footprint.artifact_bytes <= fp.artifact_bytes
+                and (
+                    o.footprint.metric > fp.metric or o.footprint.artifact_bytes < fp.artifact_bytes
+                )
+                for o in self.candidates
+            )
+            if not dominated:
+                front.append(c.name)
+        return front
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": RESULTS_VERSION,
