@@ -73,10 +73,13 @@ def test_energy_and_ratio_choose_ranks_and_skip_layers_that_would_not_save():
     with torch.no_grad():
         model[0].weight.copy_(low)
     context = ApplyContext()
-    out = apply(model, SVDFactorization(energy=0.999), context=context)
+    out = apply(model, SVDFactorization(energy=0.999, keep_classifier=False), context=context)
     rows = {row["layer"]: row for row in context.notes["lowrank"]}
     assert rows["0"]["rank"] == 3 and rows["0"]["error"] < 1e-5
     assert rows["2"]["status"].startswith("skipped: would not save")  # 4x40 layer: r·44 >= 160
+    kept = ApplyContext()
+    apply(model, SVDFactorization(energy=0.999), context=kept)  # keep_classifier by default
+    assert kept.notes["lowrank"][-1]["status"] == "skipped: output layer (keep_classifier)"
     assert isinstance(out[2], nn.Linear)
     ratio = ApplyContext()
     apply(model, SVDFactorization(ratio=0.25), context=ratio)
@@ -95,7 +98,7 @@ def test_rank_at_or_above_full_rank_is_an_error_and_changes_nothing():
     model = nn.Sequential(nn.Linear(10, 8), nn.Linear(8, 3))
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ts.ConfigError, match=r"svd.rank 3 >= full rank 3 of layer 1"):
-        apply(model, SVDFactorization(rank=3), inplace=True)
+        apply(model, SVDFactorization(rank=3, keep_classifier=False), inplace=True)
     assert isinstance(model[0], nn.Linear) and isinstance(model[1], nn.Linear)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ts.ConfigError, match="set only one of rank, ratio, energy"):
