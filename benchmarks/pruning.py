@@ -9,7 +9,8 @@
    Runtime when ``torchslim.measure.RUNTIMES`` has it, else PyTorch eager).
 
 Usage: ``python benchmarks/pruning.py [--quick] [--part unstructured|structured|all]``.
-Results: ``benchmarks/results/pruning.json`` and a markdown table on stdout.
+Results: ``benchmarks/results/pruning.json`` (``--json PATH`` for another file) and a markdown
+table on stdout.
 """
 
 from __future__ import annotations
@@ -224,7 +225,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer points and epochs")
     parser.add_argument("--part", choices=("unstructured", "structured", "all"), default="all")
-    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    parser.add_argument(
+        "--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = {"quick": args.quick, "torch": torch.__version__}

@@ -8,7 +8,8 @@ int8 config on the same model.
 
     .venv/bin/python benchmarks/quantization.py --tasks mnist1d-cnn digits32-vgg
 
-Writes benchmarks/results/quantization.json and prints a markdown table.
+Writes benchmarks/results/quantization.json (``--json PATH`` for another file) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -232,7 +233,9 @@ def main() -> None:
     parser.add_argument("--codebook-epochs", type=int, default=5)
     parser.add_argument("--no-inductor", dest="inductor", action="store_false")
     parser.add_argument("--out", type=Path, default=Path("out/bench-quantization"))
-    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    parser.add_argument(
+        "--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})"
+    )
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with threads_fixed(1):
