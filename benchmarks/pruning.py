@@ -137,6 +137,10 @@ def tp_ratio_for_macs(model: torch.nn.Module, task: ts.Task, target: float) -> f
 
 def structured(quick: bool) -> dict[str, Any]:
     """2x / 4x MACs reduction on the VGG and the ResNet, ours vs Torch-Pruning's uniform pruner."""
+    try:  # the "onnxruntime" runtime registers itself when its module is imported
+        import torchslim.export.onnx  # noqa: F401
+    except ImportError:
+        pass
     runtime = "onnxruntime" if "onnxruntime" in RUNTIMES else "torch"
     results = []
     for task_name in ("digits32-vgg", "digits32-resnet"):
