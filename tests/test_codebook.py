@@ -123,3 +123,19 @@ def test_dense_layers_reserve_no_zero_and_old_state_dicts_load():
     again.load_state_dict(state)  # saved before zero_index existed: no reserved zero
     assert int(again[0].zero_index) == -1
     assert torch.equal(again[0].shared_weight(), shared[0].shared_weight())
+
+
+def test_centroid_gradient_is_the_mean_over_its_cluster():
+    """Summed cluster gradients scale with layer size and diverge under SGD; the mean does not."""
+    from torchslim.techniques.codebook import CodebookLayer
+
+    layer = CodebookLayer(
+        torch.nn.Linear(4, 2, bias=False),
+        torch.tensor([-1.0, 2.0]),
+        torch.tensor([[0, 0, 0, 1], [0, 0, 1, 1]], dtype=torch.uint8),
+        bits=1,
+    )
+    assert torch.equal(layer.shared_weight(), torch.tensor([[-1.0, -1, -1, 2], [-1, -1, 2, 2]]))
+    layer.shared_weight().sum().backward()
+    # d(sum)/d(weight) = 1 everywhere: the mean over each cluster is 1 (sums would be 5 and 3)
+    assert torch.allclose(layer.centroids.grad, torch.tensor([1.0, 1.0]))

@@ -196,7 +196,13 @@ class CodebookLayer(nn.Module):
     def shared_weight(self) -> torch.Tensor:
         """The weight tensor: each entry is one of the centroids (or the reserved zero)."""
         indices = self.indices.long()
-        weight = self.centroids[indices]
+        # Same values as ``centroids``, but each centroid's gradient is the mean (not the
+        # sum) over the weights sharing it: a 512x512 conv's cluster holds ~1e5 weights,
+        # and a summed gradient blows up under SGD (Adam is scale-invariant either way).
+        counts = torch.bincount(indices.reshape(-1), minlength=self.centroids.numel())
+        scale = 1.0 / counts.clamp(min=1).to(self.centroids.dtype)
+        centroids = self.centroids * scale + (self.centroids * (1 - scale)).detach()
+        weight = centroids[indices]
         # branch-free (traceable): with zero_index = -1 no uint8 index matches
         return weight.masked_fill(indices == self.zero_index, 0.0)
 
