@@ -28,7 +28,7 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-CANDIDATE_KEYS = {
+FOOTPRINT_KEYS = {
     "metric",
     "params",
     "nonzero_params",
@@ -37,6 +37,10 @@ CANDIDATE_KEYS = {
     "latency_ms",
     "runtime",
     "artifact",
+}
+"""The footprint keys of the results.json contract."""
+
+CANDIDATE_KEYS = FOOTPRINT_KEYS | {
     "name",
     "techniques",
     "metric_drop",

@@ -11,21 +11,10 @@ from pathlib import Path
 import pytest
 
 import torchslim as ts
-from helpers import CANDIDATE_KEYS, file_digest
+from helpers import CANDIDATE_KEYS, FOOTPRINT_KEYS, file_digest
 from test_tasks import USER_TASK
 from torchslim.cli import main
 from torchslim.models import build_model
-
-FOOTPRINT_KEYS = {
-    "metric",
-    "params",
-    "nonzero_params",
-    "artifact_bytes",
-    "macs",
-    "latency_ms",
-    "runtime",
-    "artifact",
-}
 
 
 @pytest.fixture
