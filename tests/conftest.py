@@ -32,3 +32,19 @@ def tiny_task() -> ts.Task:
         test=blobs(90, seed=2),
         train_config=ts.TrainConfig(lr=0.05, epochs=5, batch_size=32, seed=0),
     )
+
+
+@pytest.fixture(scope="session")
+def mnist1d():
+    """The built-in mnist1d-cnn task and its baseline, trained once per session (do not modify)."""
+    task = ts.tasks.get("mnist1d-cnn")
+    return task, task.baseline(progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module whose tests train: the machine is shared."""
+    from torchslim.task import threads_fixed
+
+    with threads_fixed(1):
+        yield

@@ -10,7 +10,6 @@ from torch import nn
 
 import torchslim as ts
 from torchslim.export.packed import packed_io
-from torchslim.measure import threads_fixed
 from torchslim.techniques import ApplyContext, apply
 from torchslim.techniques.codebook import (
     CodebookLayer,
@@ -20,11 +19,7 @@ from torchslim.techniques.codebook import (
 )
 from torchslim.techniques.pruning import MagnitudePruning, make_permanent
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with threads_fixed(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_kmeans_finds_known_clusters():

@@ -17,22 +17,11 @@ from torchslim.export.onnx import (
     onnx_io,
     quantize_onnx,
 )
-from torchslim.measure import threads_fixed
 from torchslim.techniques import apply
 from torchslim.techniques.quant_math import sqnr
 from torchslim.techniques.quantization import StaticQuant, TorchaoInt8
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with threads_fixed(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def mnist1d():
-    task = ts.tasks.get("mnist1d-cnn")
-    return task, task.baseline(progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _test_inputs(task: ts.Task) -> torch.Tensor:

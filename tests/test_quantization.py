@@ -10,23 +10,11 @@ from torch import nn
 
 import torchslim as ts
 from helpers import blobs
-from torchslim.measure import threads_fixed
 from torchslim.techniques import ApplyContext, Scope, apply, config_from_dict, config_to_dict
 from torchslim.techniques.fake_quant import QuantizedLayer, fold_batchnorm, is_simulated
 from torchslim.techniques.quantization import QAT, DynamicQuant, StaticQuant
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tests train, and the machine is shared."""
-    with threads_fixed(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def mnist1d():
-    task = ts.tasks.get("mnist1d-cnn")
-    return task, task.baseline(progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -101,3 +101,23 @@ def test_from_dict_checks_field_types():
     with pytest.raises(ts.ConfigError, match=r"must be float, got True"):
         config_from_dict({"type": "test_scale_weights", "factor": True})
     assert config_from_dict({"type": "test_scale_weights", "factor": 1}).factor == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "lr", "message"),
+    [
+        (
+            "finetune",
+            -1.0,
+            r"finetune.lr must be a positive number \(or null for the default\), got -1.0",
+        ),
+        ("distill", float("nan"), r"distill.lr must be a positive number"),
+        ("qat", 0.0, r"qat.lr must be a positive number, got 0.0"),
+        ("codebook_quant", None, r"codebook_quant.lr must be a positive number, got None"),
+    ],
+)
+def test_learning_rates_are_checked_alike(name, lr, message):
+    with pytest.raises(ts.ConfigError, match=message):
+        CONFIGS[name](lr=lr)
+    if name in ("finetune", "distill"):
+        assert CONFIGS[name](lr=None).lr is None  # null means the technique's default

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -58,6 +59,19 @@ class ApplyContext:
     task: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
     teacher: Any = None  # the uncompressed model, for distillation-based recovery
+
+
+def check_lr(owner: str, lr: float | None, optional: bool = True) -> None:
+    """Raise unless ``lr`` is a positive finite number (or None, when ``optional``)."""
+    if lr is None and optional:
+        return
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not (lr > 0 and math.isfinite(lr))
+    ):
+        default = " (or null for the default)" if optional else ""
+        raise ConfigError(f"{owner}.lr must be a positive number{default}, got {lr!r}")
 
 
 Handler = Callable[[nn.Module, Any, ApplyContext], nn.Module]

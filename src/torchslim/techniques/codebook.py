@@ -19,7 +19,6 @@ distinct values (zero included) and its zeros compress well in the packed file.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ from torchslim.techniques.base import (
     ApplyContext,
     Scope,
     TechniqueConfig,
+    check_lr,
     register_config,
     register_handler,
 )
@@ -89,8 +89,7 @@ class CodebookQuant(TechniqueConfig):
         check_bits(self.bits)
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        check_lr(self.name, self.lr, optional=False)
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.init not in _INITS:

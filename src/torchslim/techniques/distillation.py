@@ -23,6 +23,7 @@ from torchslim.task import Task, TrainResult, call_model, split_batch
 from torchslim.techniques.base import (
     ApplyContext,
     TechniqueConfig,
+    check_lr,
     register_config,
     register_handler,
 )
@@ -347,8 +348,7 @@ class Distill(TechniqueConfig):
             raise ConfigError(f"distill.epochs must be an integer >= 1, got {self.epochs!r}")
         if not self.mixup >= 0:
             raise ConfigError(f"distill.mixup must be >= 0 (0 turns it off), got {self.mixup}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"distill.lr must be > 0 (or null for the task's), got {self.lr}")
+        check_lr(self.name, self.lr)
         check_kd_args(self.temperature, self.alpha)
         if self.loss not in LOSS_KINDS:
             raise ConfigError(f"distill.loss {self.loss!r} is unknown; use one of {LOSS_KINDS}")
@@ -427,8 +427,7 @@ class Student(TechniqueConfig):
             )
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError(f"student.epochs must be an integer >= 1, got {self.epochs!r}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"student.lr must be > 0 (or null for the task's), got {self.lr}")
+        check_lr(self.name, self.lr)
         check_kd_args(self.temperature, self.alpha)
 
 

@@ -11,7 +11,6 @@ inference).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from torchslim.techniques.base import (
     ApplyContext,
     Scope,
     TechniqueConfig,
+    check_lr,
     register_config,
     register_handler,
 )
@@ -367,8 +367,7 @@ class EarlyExit(TechniqueConfig):
             raise ConfigError(f"early_exit.exit_weight must be >= 0, got {self.exit_weight}")
         if not isinstance(self.head_pool, int) or self.head_pool < 1:
             raise ConfigError(f"early_exit.head_pool must be an integer >= 1, got {self.head_pool}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"early_exit.lr must be > 0 (or null), got {self.lr}")
+        check_lr(self.name, self.lr)
 
 
 @register_handler(EarlyExit)

@@ -26,6 +26,7 @@ from torchslim.techniques.base import (
     ApplyContext,
     Scope,
     TechniqueConfig,
+    check_lr,
     register_config,
     register_handler,
 )
@@ -156,8 +157,7 @@ class QAT(_StaticFields):
         super().__post_init__()
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1 for QAT, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        check_lr(self.name, self.lr, optional=False)
         for field_name in ("freeze_observers_after", "freeze_bn_after"):
             value = getattr(self, field_name)
             if value is not None and value < 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -11,6 +10,7 @@ from torchslim.errors import ConfigError
 from torchslim.techniques.base import (
     ApplyContext,
     TechniqueConfig,
+    check_lr,
     register_config,
     register_handler,
 )
@@ -35,8 +35,7 @@ class FineTune(TechniqueConfig):
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"finetune epochs must be >= 1, got {self.epochs}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"finetune lr must be a positive number or null, got {self.lr}")
+        check_lr(self.name, self.lr)
 
 
 @register_handler(FineTune)

@@ -9,7 +9,6 @@ masks permanent at the end unless ``permanent=False``.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from torchslim.techniques.base import (
     Scope,
     TechniqueConfig,
     apply,
+    check_lr,
     register_config,
     register_handler,
 )
@@ -211,8 +211,7 @@ class GradualPruning(TechniqueConfig):
             raise ConfigError(
                 "gradual_pruning needs epochs >= 1, every >= 1 and 0 < ramp_fraction <= 1"
             )
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number or null, got {self.lr}")
+        check_lr(self.name, self.lr)
         self.target()  # validates sparsity, mode and scope
 
     def target(self) -> UnstructuredPruning:
