@@ -212,15 +212,30 @@ def run_study(
         if _finished(study) >= trials:
             return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(
-        objective,
-        n_trials=None if time_limit is not None or trials is not None else 20,
-        timeout=time_limit,
-        callbacks=callbacks,
-        catch=(TorchslimError,),
-        gc_after_trial=False,
-        show_progress_bar=False,
-    )
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            study.optimize(
+                objective,
+                n_trials=None if time_limit is not None or trials is not None else 20,
+                timeout=remaining,
+                callbacks=callbacks,
+                catch=(TorchslimError,),
+                gc_after_trial=False,
+                show_progress_bar=False,
+            )
+            return
+        except ValueError as exc:
+            # Workers sharing a SQLite study can both pop the same enqueued (WAITING) trial;
+            # the second to finish it is refused. Its result is already stored: go on.
+            if "Cannot tell a" not in str(exc):
+                raise
+            log.warning("a trial was finished by another worker (%s); continuing", exc)
+            if trials is not None and _finished(study) >= trials:
+                return
+            if trials is None and time_limit is None:
+                return
 
 
 def _finished(study: optuna.Study) -> int:
