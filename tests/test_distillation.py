@@ -127,3 +127,17 @@ def test_distilled_student_beats_the_same_student_trained_without_kd():
     distill(kd, teacher, transfer, epochs=100, temperature=2.0, alpha=0.5)
     plain_acc, kd_acc = transfer.evaluate(plain), transfer.evaluate(kd)
     assert kd_acc > plain_acc + 0.02, (kd_acc, plain_acc)  # measured 0.466 vs 0.427
+
+
+def test_separable_student_is_4x_smaller_and_rejects_bad_options():
+    teacher = build_model("mnist1d_cnn")
+    student = build_model("mnist1d_separable")
+    assert ts.count_parameters(teacher) == 5210
+    assert ts.count_parameters(student) == 1270  # 18·5+18 + 2·(18·7+18 + 18·18+18) + 18·10+10
+    assert 4 * ts.count_parameters(student) <= ts.count_parameters(teacher)
+    x = torch.randn(3, 1, 40)
+    assert student(x).shape == teacher(x).shape == (3, 10)
+    with pytest.raises(ts.errors.ConfigError, match="odd"):
+        build_model("mnist1d_separable", kernel=4)
+    with pytest.raises(ts.errors.ConfigError, match="too short"):
+        build_model("mnist1d_separable", blocks=6)

@@ -15,6 +15,7 @@ from torchslim.models import (
     MODELS,
     VGG,
     ConcatResNet,
+    MNIST1DSeparable,
     MobileNet,
     ResNet,
     StagedCNN,
@@ -26,6 +27,7 @@ from torchslim.models import (
 EXPECTED_MODELS = {
     "mlp": ((64,), MLP),
     "mnist1d_cnn": ((1, 40), MNIST1DCNN),
+    "mnist1d_separable": ((1, 40), MNIST1DSeparable),
     "mobilenet_small": ((3, 32, 32), MobileNet),
     "resnet_concat": ((3, 32, 32), ConcatResNet),
     "resnet_small": ((3, 32, 32), ResNet),

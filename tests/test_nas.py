@@ -10,6 +10,7 @@ from torchslim.techniques.nas import (
     Candidate,
     SearchSpace,
     StudentSearch,
+    hypervolume,
     pareto_front,
     search_student,
 )
@@ -51,3 +52,19 @@ def test_search_returns_a_front_and_the_best_within_budget():
     tpe = search_student(task, teacher, space, trials=3, epochs=1, sampler="tpe", budget=2000)
     assert all(c.state in ("complete", "over_budget", "pruned") for c in tpe.trials)
     assert all(c.params > 2000 for c in tpe.trials if c.state == "over_budget")
+    trained = [c for c in tpe.trials if c.state != "over_budget"]
+    assert len(trained) == 3 and all(c.params <= 2000 for c in trained)  # rejects don't count
+    assert tpe.best is not None and tpe.best.params <= 2000
+
+
+def test_hypervolume_of_a_front_equals_the_hand_computed_area():
+    # (cost, metric): (0.2, 0.5) and (0.6, 0.9) form the front; (0.5, 0.4) is dominated,
+    # (1.2, 0.99) lies beyond the reference cost 1.0 and adds nothing.
+    points = [(0.6, 0.9), (0.5, 0.4), (0.2, 0.5), (1.2, 0.99)]
+    # strips: (1.0 - 0.2) * (0.5 - 0) + (1.0 - 0.6) * (0.9 - 0.5) = 0.4 + 0.16
+    assert hypervolume(points, ref_cost=1.0) == pytest.approx(0.56)
+    assert hypervolume(points[:3], ref_cost=1.0) == pytest.approx(0.56)
+    assert hypervolume([(0.2, 0.5)], ref_cost=1.0, ref_metric=0.5) == 0.0
+    assert hypervolume([], ref_cost=1.0) == 0.0
+    with pytest.raises(ts.errors.ConfigError, match="finite reference"):
+        hypervolume(points, ref_cost=float("inf"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torchslim.models.mlp import MLP
 from torchslim.models.mnist1d import MNIST1DCNN
+from torchslim.models.mnist1d_separable import MNIST1DSeparable
 from torchslim.models.mobilenet import DepthwiseSeparable, MobileNet
 from torchslim.models.registry import MODELS, ModelBuilder, build_model, list_models, register_model
 from torchslim.models.resnet import BasicBlock, ConcatResNet, ConcatStem, ResNet
@@ -18,6 +19,7 @@ from torchslim.models.vgg import VGG
 __all__ = [
     "MLP",
     "MNIST1DCNN",
+    "MNIST1DSeparable",
     "MODELS",
     "VGG",
     "BasicBlock",

@@ -150,6 +150,28 @@ def pareto_front(candidates: Sequence[Candidate], objective: str) -> list[Candid
     return sorted(front, key=lambda c: c.cost(objective))
 
 
+def hypervolume(
+    points: Sequence[tuple[float, float]], ref_cost: float, ref_metric: float = 0.0
+) -> float:
+    """Area dominated by ``(cost, metric)`` points (cost minimized, metric maximized).
+
+    The area is bounded by the reference point ``(ref_cost, ref_metric)``; points with a
+    cost at or above ``ref_cost`` or a metric at or below ``ref_metric`` add nothing.
+    Higher is better; compare two searches with the same reference point.
+    """
+    if not math.isfinite(ref_cost) or not math.isfinite(ref_metric):
+        raise ConfigError(
+            f"hypervolume needs a finite reference point, got {ref_cost}, {ref_metric}"
+        )
+    inside = sorted((c, m) for c, m in points if c < ref_cost and m > ref_metric)
+    area, best = 0.0, ref_metric
+    for cost, metric in inside:  # by cost; each new best metric adds a strip to ref_cost
+        if metric > best:
+            area += (ref_cost - cost) * (metric - best)
+            best = metric
+    return area
+
+
 def _num_classes(teacher: nn.Module, task: Task) -> int:
     with torch.no_grad():
         return int(teacher.eval()(task.inputs(1)).shape[-1])
@@ -177,7 +199,9 @@ def search_student(
         task: data and training loop; candidates are scored on its val split.
         teacher: the model distilled from (not modified).
         space: the search space (default: derived from ``mnist1d_cnn``).
-        trials: number of candidates.
+        trials: number of candidates trained. With ``sampler="tpe"`` and a ``budget``,
+            samples over the budget are rejected before training (TPE learns from them
+            as failures) and do not count, up to ``50 * trials`` samples in all.
         epochs: distillation epochs per candidate.
         objective: cost paired with the metric: ``params``, ``macs`` or ``latency`` (ms).
         budget: the largest acceptable cost; TPE skips candidates over it before training.
@@ -267,7 +291,13 @@ def search_student(
         candidate.model = student
         return candidate.metric if sampler == "tpe" else (candidate.metric, cost)
 
-    study.optimize(run_trial, n_trials=trials, catch=())
+    if sampler == "tpe" and budget is not None:
+        samples = 0  # over-budget samples cost no training: draw until `trials` are trained
+        while sum(c.state != "over_budget" for c in candidates) < trials and samples < 50 * trials:
+            study.optimize(run_trial, n_trials=1, catch=())
+            samples += 1
+    else:
+        study.optimize(run_trial, n_trials=trials, catch=())
     front = pareto_front(candidates, objective)
     fitting = [
         c
