@@ -11,13 +11,18 @@ Parts (each writes ``benchmarks/results/optimize_<part>.json``):
   against a uniform channel ratio with at least as many MACs removed.
 
 Usage: ``python benchmarks/optimize.py --part digits-mlp [--strategy greedy] [--trials N]``.
-Wall time to the final answer is recorded (2 cores, 1 intra-op thread).
+Wall time to the final answer is recorded (2 cores, 1 intra-op thread). Besides the
+answer, each part records every evaluated candidate (val and test metric, size ratio,
+allocation), the packed artifact's fixed overhead (safetensors header + JSON spec) and,
+for the small size parts, hand-written recipes run the same way for comparison
+(``--no-hand`` skips them; they are not part of the optimizer's wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,87 @@ PARTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_part(part: str, strategy: str, trials: int | None, techniques: list[str] | None) -> dict:
+def hand_recipes(part: str) -> dict[str, list[Any]]:
+    """Hand-written recipes to compare the optimizer's answer with (size parts only)."""
+    from torchslim.techniques.base import Scope
+    from torchslim.techniques.channels import ChannelPruning
+    from torchslim.techniques.codebook import CodebookQuant
+    from torchslim.techniques.distillation import Distill
+    from torchslim.techniques.pruning import MagnitudePruning
+
+    if part == "mnist1d-cnn":
+        return {
+            "codebook 4-bit (10 epochs)": [CodebookQuant(bits=4, epochs=10)],
+            "magnitude 30% + distill 20 + codebook 4-bit": [
+                MagnitudePruning(sparsity=0.3),
+                Distill(epochs=20),
+                CodebookQuant(bits=4, epochs=10),
+            ],
+        }
+    if part == "digits-mlp":
+        layers = ("layers.1", "layers.3", "layers.5")
+        return {
+            "channels 67/50% + distill + magnitude 70/70/30% + distill + codebook 4-bit": [
+                ChannelPruning(
+                    ratio=0.67,
+                    mode="layer",
+                    layer_ratios=(("layers.1", 0.67), ("layers.3", 0.5)),
+                    scope=Scope(include=layers[:2]),
+                ),
+                Distill(epochs=20),
+                MagnitudePruning(
+                    sparsity=0.7,
+                    mode="layer",
+                    overrides=tuple(zip(layers, (0.7, 0.7, 0.3), strict=True)),
+                    scope=Scope(include=layers),
+                ),
+                Distill(epochs=10),
+                CodebookQuant(bits=4, epochs=10),
+            ],
+        }
+    return {}
+
+
+def run_hand(task: Any, part: str, baseline_bytes: int) -> list[dict[str, Any]]:
+    """Each hand recipe's val / test metric and size ratio (same pipeline and artifact)."""
+    from torchslim.pipeline import run_recipe
+    from torchslim.recipe import Recipe
+
+    rows = []
+    base = task.baseline(progress=False)
+    for name, steps in hand_recipes(part).items():
+        run = run_recipe(
+            Recipe(steps=steps, name="hand"), task, baseline=base, latency=False, split="val"
+        )
+        footprint = run.candidate.footprint
+        rows.append(
+            {
+                "recipe": name,
+                "val_metric": footprint.metric,
+                "test_metric": task.evaluate(run.model, "test"),
+                "bytes": footprint.artifact_bytes,
+                "size_ratio": baseline_bytes / max(1, footprint.artifact_bytes),
+            }
+        )
+    return rows
+
+
+def header_bytes(path: str | Path | None) -> int | None:
+    """Bytes of a safetensors file's header (8-byte length + JSON with the spec)."""
+    if not path or not Path(path).is_file():
+        return None
+    with open(path, "rb") as handle:
+        return 8 + struct.unpack("<Q", handle.read(8))[0]
+
+
+def run_part(
+    part: str,
+    strategy: str,
+    trials: int | None,
+    techniques: list[str] | None,
+    hand: bool = True,
+    settings: dict[str, Any] | None = None,
+) -> dict:
     """Run one part and return its summary."""
     spec = PARTS[part]
     task = tasks.get(spec["task"])
@@ -55,7 +140,9 @@ def run_part(part: str, strategy: str, trials: int | None, techniques: list[str]
         trials=trials,
         out=Path("out") / "bench-optimize" / part,
         progress=False,
+        **(settings or {}),
     )
+    wall = round(time.perf_counter() - start, 1)
     report = result.report
     found = result.best_found
     summary: dict[str, Any] = {
@@ -63,14 +150,27 @@ def run_part(part: str, strategy: str, trials: int | None, techniques: list[str]
         "task": spec["task"],
         "objective": spec["objective"],
         "strategy": strategy,
+        "settings": settings or {},
         "met": result.met,
-        "wall_seconds": round(time.perf_counter() - start, 1),
+        "wall_seconds": wall,
         "baseline_train_seconds": round(baseline_seconds, 1),
         "baseline_metric": report.baseline.metric,
         "baseline_bytes": report.baseline.artifact_bytes,
         "candidates_evaluated": len(result.records),
         "pareto": report.pareto,
         "notes": report.notes,
+        "candidates": [
+            {
+                "name": r.name,
+                "val_metric": r.val_metric,
+                "test_metric": r.test_metric,
+                "val_loss": r.val_loss,
+                "size_ratio": 1 / max(r.ratio, 1e-12) if spec["objective"] == "size" else None,
+                "cost_ratio": r.ratio,
+                "allocation": r.allocation,
+            }
+            for r in result.records
+        ],
     }
     if found is not None:
         summary.update(
@@ -79,7 +179,10 @@ def run_part(part: str, strategy: str, trials: int | None, techniques: list[str]
             size_ratio=report.baseline.artifact_bytes / max(1, found.footprint.artifact_bytes),
             macs_ratio=report.baseline.macs / max(1, found.footprint.macs),
             recipe=found.recipe,
+            artifact_header_bytes=header_bytes(found.footprint.artifact),
         )
+    if hand and spec["objective"] == "size" and hand_recipes(part):
+        summary["hand_recipes"] = run_hand(task, part, report.baseline.artifact_bytes)
     return summary
 
 
@@ -90,14 +193,29 @@ def main() -> None:
     parser.add_argument("--strategy", default="greedy", choices=("greedy", "optuna", "auto"))
     parser.add_argument("--trials", type=int)
     parser.add_argument("--techniques", help="comma list (default by objective)")
+    parser.add_argument("--no-hand", action="store_true", help="skip the hand-recipe rows")
+    parser.add_argument("--suffix", help="results file suffix (optimize_<part>_<suffix>.json)")
+    parser.add_argument("--recovery-epochs", type=int, help="default: half the task's epochs")
+    parser.add_argument("--codebook-epochs", type=int)
+    parser.add_argument("--sensitivity-epochs", type=int, help="default 1")
     args = parser.parse_args()
     torch.set_num_threads(1)
     techniques = args.techniques.split(",") if args.techniques else None
     parts = list(PARTS) if args.part == "all" else [args.part]
     RESULTS.mkdir(parents=True, exist_ok=True)
     for part in parts:
-        summary = run_part(part, args.strategy, args.trials, techniques)
-        path = RESULTS / f"optimize_{part.replace('-', '_')}.json"
+        settings = {
+            key: value
+            for key, value in (
+                ("recovery_epochs", args.recovery_epochs),
+                ("codebook_epochs", args.codebook_epochs),
+                ("sensitivity_epochs", args.sensitivity_epochs),
+            )
+            if value is not None
+        }
+        summary = run_part(part, args.strategy, args.trials, techniques, not args.no_hand, settings)
+        suffix = f"_{args.suffix}" if args.suffix else ""
+        path = RESULTS / f"optimize_{part.replace('-', '_')}{suffix}.json"
         write_text_atomic(path, json.dumps(summary, indent=2))
         print(
             f"{part}: met={summary['met']} size x{summary.get('size_ratio', 0):.1f} "

@@ -110,3 +110,73 @@ def test_bad_packed_files_give_clear_errors(tmp_path):
         load_packed(path, quantized)
     with pytest.raises(ts.CheckpointError, match="does not exist"):
         load_packed(tmp_path / "missing.safetensors", quantized)
+
+
+@pytest.mark.parametrize(
+    ("count", "probs"),
+    [(1, [1.0]), (5000, [1.0]), (5000, [0.8, 0.1, 0.05, 0.05]), (20000, [1 / 16] * 16)],
+)
+def test_rans_round_trips_within_a_few_bytes_of_the_entropy(count, probs):
+    import numpy as np
+
+    from torchslim.export.packed import _quantize_counts, rans_decode, rans_encode
+
+    rng = np.random.default_rng(0)
+    codes = rng.choice(len(probs), size=count, p=probs)
+    counts = np.bincount(codes, minlength=len(probs))
+    freqs = _quantize_counts(counts)
+    assert freqs.sum() == 2**14 and (freqs[counts > 0] >= 1).all()
+    data = rans_encode(codes, freqs)
+    assert np.array_equal(rans_decode(data, freqs, count), codes)
+    present = counts[counts > 0] / count
+    entropy_bytes = -(present * np.log2(present)).sum() * count / 8
+    assert len(data) <= 1.01 * entropy_bytes + 8  # 4 bytes of final state + rounding
+
+
+def test_pruned_codebook_uses_the_entropy_coder_and_old_files_still_load(tmp_path):
+    import json
+    import zlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from torchslim.checkpoint import SPEC_KEY
+
+    model = _mlp().eval()
+    pruned = apply(
+        apply(model, MagnitudePruning(sparsity=0.9, mode="layer")),
+        CodebookQuant(bits=4, iterations=5),
+    )
+    path = tmp_path / "p.safetensors"
+    save_packed(pruned, path)
+    with safe_open(str(path), framework="pt") as handle:
+        payload = json.loads(handle.metadata()[SPEC_KEY])
+    assert payload["format"] == "torchslim.packed/2"
+    assert {entry[2] for entry in payload["packed"]} == {2}  # rans for every sparse layer
+    indices = sum(m.indices.numel() for m in pruned.modules() if isinstance(m, CodebookLayer))
+    blob = sum(entry[3] for entry in payload["packed"])
+    # 90 % zeros: entropy ~0.47 + 0.1 * log2(15) ~ 0.86 bit per index, tables 32 B a layer
+    assert blob < indices * 0.95 / 8 + 3 * 40
+    x = torch.randn(8, 64)
+    assert torch.equal(load_packed(path, pruned)(x), pruned(x))
+    # a file of format 1 (bit-packed codes, one zlib flag for the blob) loads identically
+    import numpy as np
+
+    with safe_open(str(path), framework="pt") as handle:
+        data = handle.get_tensor("data").numpy().tobytes()
+    n32, n16 = payload["n32"], payload["n16"]
+    tensors = {
+        "floats": torch.from_numpy(np.frombuffer(data, "<f4", n32).copy()),
+        "halves": torch.from_numpy(np.frombuffer(data, "<f2", n16, 4 * n32).copy()),
+    }
+    codes = [
+        pack_bits(m.indices.long(), 4) for m in pruned.modules() if isinstance(m, CodebookLayer)
+    ]
+    stream = zlib.compress(torch.cat(codes).numpy().tobytes(), 9)
+    tensors["packed"] = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+    payload.update(
+        format="torchslim.packed/1", zlib=True, packed=[e[:2] for e in payload["packed"]]
+    )
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={SPEC_KEY: json.dumps(payload)})
+    assert torch.equal(load_packed(old, pruned)(x), pruned(x))

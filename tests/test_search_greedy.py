@@ -92,6 +92,10 @@ def test_budget_nothing_meets_is_reported_and_best_found_saved(tmp_path) -> None
         (lambda: check_grid("magnitude_pruning", []), "empty"),
         (lambda: check_grid("codebook_quant", [9]), "bits"),
         (lambda: check_grid("lowrank_magic", [1]), "cannot be optimized"),
+        (lambda: check_grid("svd", [1.5]), "fraction"),
+        (lambda: optimize(make_task(), margin=1.0), "margin"),
+        (lambda: optimize(make_task(), recovery="prune-harder"), "recovery"),
+        (lambda: optimize(make_task(), sensitivity_epochs=-1), "sensitivity epochs"),
     ],
 )
 def test_bad_input_is_a_clear_error(make, message) -> None:
@@ -104,3 +108,86 @@ def test_cli_optimize_bad_budget_exits_1(capsys) -> None:
     assert code == 1
     err = capsys.readouterr().err
     assert "negative" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cost_model_counts_the_inputs_a_channel_cut_removes_downstream() -> None:
+    task = make_task()  # 8 -> 32 -> 3
+    base = task.baseline(progress=False)
+    space = build_space(base, task, ["channel_pruning", "magnitude_pruning"])
+    assert space.layers["channel_pruning"] == ["0"]  # the output layer keeps its classes
+    assert space.couplings["0"]["0"] == pytest.approx(1.0)
+    assert space.couplings["0"]["2"] == pytest.approx(1.0)  # its 32 inputs go with them
+    dense = {"channel_pruning": {"0": 0.0}, "magnitude_pruning": {"0": 0.0, "2": 0.0}}
+    half = {"channel_pruning": {"0": 0.5}, "magnitude_pruning": {"0": 0.0, "2": 0.0}}
+    weights = (8 * 32 + 32 * 3) * 32
+    saved = space.cost(dense, "size") - space.cost(half, "size")
+    assert saved == pytest.approx(0.5 * weights + 16 * 32, rel=0.01)  # + half of layer 0's biases
+
+
+def test_recipe_follows_the_pipeline_order_and_reaches_factorized_layers() -> None:
+    from torchslim.pipeline import apply_recipe
+    from torchslim.techniques.codebook import CodebookLayer
+
+    task = make_task()
+    base = task.baseline(progress=False)
+    allocation = {
+        "channel_pruning": {"0": 0.25},
+        "svd": {"0": 0.5},
+        "magnitude_pruning": {"0": 0.5, "2": 0.0},
+        "codebook_quant": {"0": 4, "2": 6},
+    }
+    recipe = build_recipe(allocation, recovery_epochs=1, codebook_epochs=1, recovery="distill")
+    names = [step.name for step in recipe.steps]
+    assert names == ["channel_pruning", "svd", "magnitude_pruning", "distill", "codebook_quant"]
+    model = apply_recipe(recipe, task, base, "val").model
+    shared = {n: m.bits for n, m in model.named_modules() if isinstance(m, CodebookLayer)}
+    assert shared == {"0.0": 4, "0.1": 4, "2": 6}  # the SVD factors of layer 0 both shared
+    zeros = [
+        (m.indices == m.zero_index).float().mean().item()
+        for m in model.modules()
+        if isinstance(m, CodebookLayer) and m.bits == 4
+    ]
+    assert all(z >= 0.45 for z in zeros)  # magnitude pruning reached both factors
+
+
+def test_sensitivity_after_recovery_has_a_loss_curve_against_its_reference() -> None:
+    from torchslim.search.sensitivity import drop_curve, loss_scale
+
+    task = make_task()
+    base = task.baseline(progress=False)
+    space = build_space(base, task, ["magnitude_pruning", "codebook_quant"])
+    curves, base_metric = sensitivity(
+        task, base, space, cache=False, progress=False, recovery_epochs=1, recovery="distill"
+    )
+    pruning = curves["magnitude_pruning"]["0"]
+    assert pruning["loss"][0] == 0.0 and pruning["x"][0] == 0.0  # identity = the reference
+    assert pruning["loss"][-1] > 0.05  # 97 % of the first layer pruned costs loss
+    assert 0 <= pruning["reference"] <= 1 and "reference" in curves["codebook_quant"]["2"]
+    scale = loss_scale(curves, base_metric)
+    assert scale is not None and scale > 0
+    drops = drop_curve(pruning, base_metric, scale)
+    assert drops == sorted(drops) and drops[0] == 0.0 and drops[-1] > 0
+
+
+def test_val_margin_and_loss_guard_decide_what_counts_as_feasible() -> None:
+    from torchslim.search.evaluate import Evaluator, Record
+    from torchslim.search.space import build_space as space_of
+
+    task = make_task()
+    base = task.baseline(progress=False)
+    space = space_of(base, task, ["magnitude_pruning"])
+    evaluator = Evaluator(
+        task, base, space, Budget(1.0), Objective("size"), 0, 0, margin=0.5, recovery="distill"
+    )
+    assert evaluator.search_limit == pytest.approx(0.005)
+    top = evaluator.base_val.metric
+
+    def record(drop: float, loss: float) -> Record:
+        return Record("r", {}, top - drop, top, 0.5, candidate=None, val_loss=loss)  # type: ignore[arg-type]
+
+    assert evaluator.meets(record(0.004, 0.3))
+    assert not evaluator.meets(record(0.008, 0.3)) and evaluator.meets(record(0.008, 0.3), False)
+    assert not evaluator.meets(record(0.011, 0.3), margin=False)
+    evaluator.loss_cap = 0.25  # set by greedy refinement
+    assert not evaluator.meets(record(0.0, 0.3)) and evaluator.meets(record(0.0, 0.2))
+    assert evaluator.meets(record(0.008, 0.3), margin=False)  # the bare budget ignores the guard

@@ -106,6 +106,8 @@ def _optimized_recipe(task: Task, quick: bool) -> Recipe:
         progress=False,
         recovery_epochs=2 if quick else None,
         codebook_epochs=2 if quick else None,
+        sensitivity_epochs=0 if quick else None,
+        trials=6 if quick else None,
     )
     chosen = result.best or result.best_found
     recipe = Recipe.from_dict(chosen.recipe)

@@ -1,17 +1,22 @@
 """Packed low-bit artifact: weights stored at their bit width, in one safetensors file.
 
-Layout (two tensors, so the fixed overhead stays a few hundred bytes):
+Layout (one uint8 tensor ``data``, so the fixed overhead stays a few hundred bytes:
+the safetensors header and the JSON spec, ~0.6 KB for the built-in tasks):
 
-* ``packed`` (uint8): the integer codes of every quantized layer (uniform grid:
-  ``code - qmin``; codebook: centroid index), bit-packed little-endian at the
-  layer's bit width, each layer starting on a byte boundary;
-* ``floats`` (float32) and ``halves`` (float16): every other entry of the state
-  dict (scales, zero points, codebooks, biases, float layers), concatenated in
-  state-dict order; an entry goes to ``halves`` only when float16 holds it exactly,
-  and entries that are all zeros are only listed.
+* the float32 values (``n32`` of them) then the float16 values (``n16``): every entry
+  of the state dict but the codes (scales, zero points, codebooks, biases, float
+  layers), concatenated in state-dict order; an entry goes to float16 only when float16
+  holds it exactly, and entries that are all zeros are only listed (``zeros``);
+* the integer codes of every quantized layer (uniform grid: ``code - qmin``;
+  codebook: centroid index), layer after layer, each in its codec (below).
 
-The packed codes are DEFLATE-compressed (zlib, the entropy-coding stage of Deep
-Compression) when that makes them smaller; loading is always exact.
+Entropy coding (the last stage of Deep Compression): each layer's codes are stored in
+whichever of three codecs is smallest: ``bits`` (bit-packed as above), ``zlib`` (DEFLATE of
+the bit-packed codes) or ``rans`` (an order-0 range-asymmetric-numeral-system coder with
+the layer's quantized symbol frequencies stored next to it: a pruned layer's zero index
+costs a fraction of a bit). Loading is always exact. Files of format
+``torchslim.packed/1`` (tensors ``packed``, ``floats``, ``halves``; bit-packed codes
+with one zlib flag for the whole blob) still load.
 
 The JSON spec (safetensors metadata) lists the packed entries with their bits.
 Loading fills a copy of the quantized model's structure and reproduces its
@@ -37,7 +42,102 @@ from torchslim.errors import CheckpointError
 from torchslim.techniques.codebook import CodebookLayer
 from torchslim.techniques.fake_quant import QuantizedLayer
 
-FORMAT = "torchslim.packed/1"
+FORMAT = "torchslim.packed/2"
+FORMATS = ("torchslim.packed/1", FORMAT)
+CODECS = ("bits", "zlib", "rans")
+RANS_MAX_SYMBOLS = 2_000_000  # a pure-Python coder: larger layers use bits / zlib
+_PROB_BITS = 14
+_RANS_L = 1 << 23
+
+
+def _quantize_counts(counts: np.ndarray, total: int = 1 << _PROB_BITS) -> np.ndarray:
+    """Frequencies summing to ``total``, every present symbol at least 1."""
+    present = counts > 0
+    freqs = np.zeros(len(counts), dtype=np.int64)
+    if not present.any():
+        return freqs
+    scaled = counts[present] * (total - int(present.sum())) / counts.sum()
+    freqs[present] = 1 + np.floor(scaled).astype(np.int64)
+    short = total - int(freqs.sum())
+    order = np.argsort(-(scaled - np.floor(scaled)))  # largest remainders first
+    indices = np.flatnonzero(present)[order]
+    for i in range(short):
+        freqs[indices[i % len(indices)]] += 1
+    return freqs
+
+
+def rans_encode(codes: np.ndarray, freqs: np.ndarray) -> bytes:
+    """Order-0 rANS of ``codes`` with ``freqs`` (summing to ``2**14``); bytes to decode."""
+    cums = np.concatenate([[0], np.cumsum(freqs)[:-1]]).tolist()
+    freq_list = freqs.tolist()
+    out = bytearray()
+    state = _RANS_L
+    shift = (_RANS_L >> _PROB_BITS) << 8
+    for symbol in reversed(codes.tolist()):
+        freq = freq_list[symbol]
+        limit = shift * freq
+        while state >= limit:
+            out.append(state & 0xFF)
+            state >>= 8
+        state = ((state // freq) << _PROB_BITS) + (state % freq) + cums[symbol]
+    out += state.to_bytes(4, "little")[::-1]
+    out.reverse()
+    return bytes(out)
+
+
+def rans_decode(data: bytes, freqs: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of :func:`rans_encode`: ``count`` codes (int64)."""
+    mask = (1 << _PROB_BITS) - 1
+    cums = np.concatenate([[0], np.cumsum(freqs)[:-1]])
+    lookup = np.repeat(np.arange(len(freqs)), freqs).tolist()
+    if len(lookup) != 1 << _PROB_BITS or len(data) < 4:
+        raise ValueError("bad rANS frequency table or stream")
+    freq_list, cum_list = freqs.tolist(), cums.tolist()
+    state = int.from_bytes(data[:4], "little")
+    position = 4
+    size = len(data)
+    result = [0] * count
+    for i in range(count):
+        slot = state & mask
+        symbol = lookup[slot]
+        result[i] = symbol
+        state = freq_list[symbol] * (state >> _PROB_BITS) + slot - cum_list[symbol]
+        while state < _RANS_L:
+            if position >= size:
+                raise ValueError("rANS stream ends early")
+            state = (state << 8) | data[position]
+            position += 1
+    return np.asarray(result, dtype=np.int64)
+
+
+def _encode_codes(codes: torch.Tensor, bits: int) -> tuple[str, bytes]:
+    """The smallest of the codecs for one layer's codes: (codec, bytes)."""
+    packed = pack_bits(codes, bits).numpy().tobytes()
+    options = [("bits", packed), ("zlib", zlib.compress(packed, 9))]
+    flat = codes.detach().reshape(-1).to(torch.int64).numpy()
+    if 0 < flat.size <= RANS_MAX_SYMBOLS:
+        counts = np.bincount(flat, minlength=2**bits)
+        ideal = -(counts[counts > 0] * np.log2(counts[counts > 0] / flat.size)).sum() / 8
+        table = 2 * 2**bits
+        if ideal + table + 4 < min(len(packed), len(options[1][1])):  # worth coding
+            freqs = _quantize_counts(counts)
+            options.append(("rans", freqs.astype("<u2").tobytes() + rans_encode(flat, freqs)))
+    return min(options, key=lambda item: len(item[1]))
+
+
+def _decode_codes(codec: str, data: bytes, bits: int, count: int) -> torch.Tensor:
+    if codec == "zlib":
+        data = zlib.decompress(data)
+        codec = "bits"
+    if codec == "bits":
+        if len(data) < (count * bits + 7) // 8:
+            raise ValueError("packed codes are truncated")
+        return unpack_bits(torch.frombuffer(bytearray(data), dtype=torch.uint8), bits, count)
+    if codec == "rans":
+        table = 2 * 2**bits
+        freqs = np.frombuffer(data[:table], dtype="<u2").astype(np.int64)
+        return torch.from_numpy(rans_decode(data[table:], freqs, count))
+    raise ValueError(f"unknown codec {codec!r}")
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -81,8 +181,9 @@ def save_packed(model: nn.Module, path: str | Path, spec: dict[str, Any] | None 
     state = model.state_dict()
     chunks, packed_list = [], []
     for key, (bits, codes, _) in entries.items():
-        chunks.append(pack_bits(codes, bits))
-        packed_list.append([key, bits])
+        codec, data = _encode_codes(codes, bits)
+        chunks.append(data)
+        packed_list.append([key, bits, CODECS.index(codec), len(data)])
     floats, halves, zeros, half_keys = [], [], [], []
     for index, (key, tensor) in enumerate(state.items()):
         if key in entries:
@@ -95,17 +196,26 @@ def save_packed(model: nn.Module, path: str | Path, spec: dict[str, Any] | None 
             half_keys.append(index)
         else:
             floats.append(values.float())
-    packed = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.uint8)
-    compressed = zlib.compress(packed.numpy().tobytes(), 9)
-    use_zlib = len(compressed) < packed.numel()
-    if use_zlib:
-        packed = torch.frombuffer(bytearray(compressed), dtype=torch.uint8)
+    wide = torch.cat(floats) if floats else torch.zeros(0)
+    narrow = torch.cat(halves) if halves else torch.zeros(0, dtype=torch.float16)
+    blob = (
+        wide.numpy().astype("<f4").tobytes()
+        + narrow.numpy().astype("<f2").tobytes()
+        + b"".join(chunks)
+    )
     payload = dict(spec or {})
-    payload.update(format=FORMAT, packed=packed_list, zeros=zeros, halves=half_keys, zlib=use_zlib)
+    payload.update(
+        format=FORMAT,
+        packed=packed_list,
+        zeros=zeros,
+        halves=half_keys,
+        n32=wide.numel(),
+        n16=narrow.numel(),
+    )
     tensors = {
-        "packed": packed,
-        "floats": torch.cat(floats) if floats else torch.zeros(0),
-        "halves": torch.cat(halves) if halves else torch.zeros(0, dtype=torch.float16),
+        "data": torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        if blob
+        else torch.zeros(0, dtype=torch.uint8)
     }
     metadata = {SPEC_KEY: json.dumps(payload, separators=(",", ":"))}
     with atomic_path(path) as tmp:
@@ -125,18 +235,33 @@ def load_packed(path: str | Path, template: nn.Module) -> nn.Module:
     try:
         with safe_open(str(path), framework="pt") as handle:
             payload = json.loads((handle.metadata() or {}).get(SPEC_KEY, "{}"))
-            packed, floats = handle.get_tensor("packed"), handle.get_tensor("floats")
-            halves = handle.get_tensor("halves")
+            if "data" in handle.keys():  # noqa: SIM118 - a safe_open handle
+                data = handle.get_tensor("data").numpy().tobytes()
+                n32, n16 = int(payload.get("n32", 0)), int(payload.get("n16", 0))
+                if len(data) < 4 * n32 + 2 * n16:
+                    raise ValueError("data shorter than its floats")
+                floats = torch.from_numpy(np.frombuffer(data, "<f4", n32).astype(np.float32))
+                halves = torch.from_numpy(
+                    np.frombuffer(data, "<f2", n16, 4 * n32).astype(np.float16)
+                )
+                start = 4 * n32 + 2 * n16
+                packed = torch.frombuffer(
+                    bytearray(data[start:]) or bytearray(1), dtype=torch.uint8
+                )
+                packed = packed[: len(data) - start]
+            else:
+                packed, floats = handle.get_tensor("packed"), handle.get_tensor("floats")
+                halves = handle.get_tensor("halves")
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on bad files
         raise CheckpointError(
             f"packed artifact {path} is corrupt or truncated ({type(exc).__name__}); re-export it"
         ) from exc
-    if payload.get("format") != FORMAT:
+    if payload.get("format") not in FORMATS:
         raise CheckpointError(f"{path} is not a torchslim packed artifact ({FORMAT}); re-export it")
     model = copy.deepcopy(template).eval()
     expected = _packed_entries(model)
-    listed = [key for key, _ in payload["packed"]]
-    if listed != list(expected) or any(expected[k][0] != b for k, b in payload["packed"]):
+    listed = [entry[0] for entry in payload["packed"]]
+    if listed != list(expected) or any(expected[e[0]][0] != e[1] for e in payload["packed"]):
         raise CheckpointError(
             f"packed artifact {path} was saved from another model structure; load it with the "
             "quantized model it was exported from"
@@ -171,9 +296,19 @@ def load_packed(path: str | Path, template: nn.Module) -> nn.Module:
     model.load_state_dict(new_state, strict=True)
     start = 0
     modules = dict(model.named_modules())
-    for key, (bits, codes, qmin) in expected.items():
-        size = (codes.numel() * bits + 7) // 8
-        values = unpack_bits(packed[start : start + size], bits, codes.numel()).reshape(codes.shape)
+    stream = packed.numpy().tobytes()
+    for entry, (key, (bits, codes, qmin)) in zip(payload["packed"], expected.items(), strict=True):
+        if len(entry) >= 4:  # format 2: per-layer codec and byte count
+            codec, size = CODECS[int(entry[2])] if int(entry[2]) < len(CODECS) else "?", entry[3]
+        else:
+            codec, size = "bits", (codes.numel() * bits + 7) // 8
+        try:
+            values = _decode_codes(codec, stream[start : start + size], bits, codes.numel())
+        except (ValueError, zlib.error) as exc:
+            raise CheckpointError(
+                f"packed artifact {path} is corrupt ({key}: {exc}); re-export it"
+            ) from exc
+        values = values.reshape(codes.shape)
         start += size
         owner = modules[
             key.rsplit(".", 2)[0] if key.endswith("module.weight") else key.rsplit(".", 1)[0]

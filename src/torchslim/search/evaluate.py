@@ -20,6 +20,7 @@ from torchslim.pipeline import run_recipe
 from torchslim.recipe import Export, Recipe
 from torchslim.report.results import Candidate
 from torchslim.search.budget import Budget, Objective
+from torchslim.search.sensitivity import split_loss
 from torchslim.search.space import GLOBAL, Allocation, Space, allocation_key, build_recipe
 
 
@@ -42,6 +43,7 @@ class Record:
         test_metric: the metric of the same model on the test split (only for acceptance).
         ratio: objective cost over the baseline's (lower is better).
         candidate: the pipeline's candidate (footprint measured on the val split).
+        val_loss: the task's mean loss on the val split (None when not measured).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Record:
     candidate: Candidate
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    val_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (stored in Optuna trial attributes)."""
@@ -62,6 +65,7 @@ class Record:
             "test_metric": self.test_metric,
             "ratio": self.ratio,
             "seconds": self.seconds,
+            "val_loss": self.val_loss,
             "candidate": self.candidate.to_dict(self.candidate.footprint),
         }
 
@@ -76,6 +80,7 @@ class Record:
             ratio=data["ratio"],
             candidate=Candidate.from_dict(data["candidate"]),
             seconds=data.get("seconds", 0.0),
+            val_loss=data.get("val_loss"),
         )
 
 
@@ -90,6 +95,11 @@ class Evaluator:
         recovery_epochs: fine-tuning epochs after pruning.
         codebook_epochs: centroid fine-tuning epochs of codebook quantization.
         threads: intra-op threads while timing.
+        recovery: ``"finetune"`` or ``"distill"`` (from the baseline) after pruning.
+        recovery_lr: its learning rate (None: the step's default).
+        margin: fraction of the budget held back on the val split: the search calls a
+            candidate feasible when its val drop is within ``(1 - margin)`` of the budget,
+            so that the held-out test check (a different sample) passes more often.
     """
 
     def __init__(
@@ -102,6 +112,9 @@ class Evaluator:
         recovery_epochs: int,
         codebook_epochs: int,
         threads: int = 1,
+        recovery: str = "finetune",
+        recovery_lr: float | None = None,
+        margin: float = 0.0,
     ) -> None:
         self.task = task
         self.baseline = baseline
@@ -111,6 +124,10 @@ class Evaluator:
         self.recovery_epochs = recovery_epochs
         self.codebook_epochs = codebook_epochs
         self.threads = threads
+        self.recovery = recovery
+        self.recovery_lr = recovery_lr
+        self.margin = margin
+        self.loss_cap: float | None = None  # set by greedy refinement (see ``meets``)
         self.base_val: Footprint = measure(
             baseline, task, split="val", latency=objective.needs_latency, **self._timing()
         )
@@ -132,6 +149,11 @@ class Evaluator:
         """The allowed drop in metric units, from the val baseline."""
         return self.budget.limit(self.base_val.metric)
 
+    @property
+    def search_limit(self) -> float:
+        """The drop the search aims at on val: the budget less the safety margin."""
+        return self.limit * (1.0 - self.margin)
+
     def recipe(self, allocation: Allocation, name: str) -> Recipe:
         """The recipe of an allocation with this evaluator's recovery settings."""
         recipe = build_recipe(
@@ -140,6 +162,8 @@ class Evaluator:
             self.task.source or self.task.name,
             self.recovery_epochs,
             self.codebook_epochs,
+            self.recovery,
+            self.recovery_lr,
         )
         if self.objective.needs_latency and self.objective.runtime == "onnxruntime":
             int8 = bool(allocation.get("static_quant", {}).get(GLOBAL))
@@ -177,13 +201,27 @@ class Evaluator:
             ratio=self.objective.ratio(run.candidate, self.base_val),
             candidate=run.candidate,
             seconds=time.perf_counter() - start,
+            val_loss=split_loss(self.task, run.model, "val"),
         )
         self.records[key] = record
         return record
 
-    def meets(self, record: Record) -> bool:
-        """Whether a record meets the budget on the val split."""
-        return self.budget.met(self.base_val.metric, record.val_metric)
+    def meets(self, record: Record, margin: bool = True) -> bool:
+        """Whether a record meets the budget on the val split.
+
+        With ``margin`` (the default), the drop must stay within :attr:`search_limit`
+        and, once greedy refinement has set :attr:`loss_cap`, the val loss within it too.
+        """
+        drop = self.budget.drop(self.base_val.metric, record.val_metric)
+        if not margin:
+            return drop <= self.limit + 1e-12
+        if (
+            self.loss_cap is not None
+            and record.val_loss is not None
+            and record.val_loss > self.loss_cap + 1e-9
+        ):
+            return False
+        return drop <= self.search_limit + 1e-12
 
     def early_stop_hook(self, factor: float = 2.0) -> Callable[[dict[str, Any]], None]:
         """A step hook stopping a candidate whose val drop after recovery exceeds the budget

@@ -3,10 +3,14 @@
 :func:`allocate` picks per-layer settings that minimize the predicted cost while the
 predicted drop (the sum of each (knob, layer)'s drop on its own curve) stays within a
 drop allowance: it repeatedly takes the move with the most cost saved per point of
-predicted drop. Curves are measured without recovery, so the allowance that actually
-holds after fine-tuning differs from the budget; :func:`greedy_search` finds it by
+predicted drop. Curves are measured alone and after at most a short recovery, so the
+allowance that actually holds for the full recipe differs from the budget; :func:`greedy_search` finds it by
 measurement: it verifies an allocation, widens the allowance after a pass and backs
-off (bisects) after a failure.
+off (bisects) after a failure. The rounds left then refine per layer (:func:`refine`):
+one more step for one (knob, layer) on top of the cheapest passing allocation (or for
+every layer of one knob), or one (knob, layer) of a cheaper failing allocation backed
+off to the passing one's setting, whichever the curves rate best (cost saved per point
+of predicted drop), verified by measurement.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from torchslim.search.evaluate import Evaluator, Record
-from torchslim.search.sensitivity import Curves, drop_curve
+from torchslim.search.sensitivity import Curves, drop_curve, loss_scale
 from torchslim.search.space import Allocation, Space, allocation_key
 
 log = logging.getLogger(__name__)
@@ -38,9 +42,7 @@ def allocate(
         objective: ``size``, ``macs`` or ``latency`` (latency uses MACs as its predictor).
     """
     kind = "size" if objective == "size" else "macs"
-    drops = {
-        (knob, layer): drop_curve(curves[knob][layer], base_metric) for knob, layer in space.knobs()
-    }
+    drops = predicted_drops(space, curves, base_metric)
     levels: Levels = {pair: 0 for pair in drops}
     used = sum(drops[pair][0] for pair in drops)
     cost = space.cost(space.allocation(levels), kind)
@@ -68,6 +70,116 @@ def allocate(
     return space.allocation(levels)
 
 
+def predicted_drops(
+    space: Space, curves: Curves, base_metric: float
+) -> dict[tuple[str, str], list[float]]:
+    """Per (knob, layer): the predicted drop at each grid level (metric units)."""
+    scale = loss_scale(curves, base_metric)
+    return {
+        (knob, layer): drop_curve(curves[knob][layer], base_metric, scale)
+        for knob, layer in space.knobs()
+    }
+
+
+def levels_of(space: Space, allocation: Allocation) -> Levels:
+    """Grid indices of an allocation."""
+    return {
+        (knob, layer): space.grids[knob].index(allocation[knob][layer])
+        for knob, layer in space.knobs()
+    }
+
+
+def refine(
+    evaluator: Evaluator,
+    curves: Curves,
+    base_metric: float,
+    records: list[Record],
+    max_rounds: int,
+    deadline: float = math.inf,
+    on_record: Callable[[Record], None] | None = None,
+) -> list[Record]:
+    """Per-layer moves around the cheapest passing record, verified one at a time.
+
+    Candidates: the cheapest passing allocation with one (knob, layer) one grid step
+    further, or with every layer of one knob raised to one step above that knob's least
+    compressed layer (a coarse move), and every cheaper failing allocation with one
+    (knob, layer) backed off to the passing allocation's setting. The one with the most predicted cost saved per
+    point of predicted extra drop is measured next; stops after ``max_rounds`` records
+    (counting ``records``), at ``deadline`` or when no candidate is left.
+
+    A small val split cannot tell apart candidates a sample or two apart, and many
+    measured moves would pick the luckiest (the test split then disagrees). So a refined
+    candidate passes only if, besides the val metric, its val loss is no higher than the
+    highest of the allowance search's passing candidates (``evaluator.loss_cap``): the
+    loss is continuous and tracks the held-out drop far better.
+    """
+    space = evaluator.space
+    kind = "size" if evaluator.objective.kind == "size" else "macs"
+    drops = predicted_drops(space, curves, base_metric)
+    seen = {allocation_key(r.allocation) for r in records}
+    losses = [r.val_loss for r in records if evaluator.meets(r) and r.val_loss is not None]
+    if losses and evaluator.loss_cap is None:
+        evaluator.loss_cap = max(losses)
+
+    def predicted(levels: Levels) -> float:
+        return sum(drops[pair][level] for pair, level in levels.items())
+
+    while len(records) < max_rounds and time.monotonic() < deadline:
+        passing = [r for r in records if evaluator.meets(r)]
+        if not passing:
+            break
+        best = min(passing, key=lambda r: r.ratio)
+        base_levels = levels_of(space, best.allocation)
+        base_cost = space.cost(best.allocation, kind)
+        base_drop = predicted(base_levels)
+        options: list[Levels] = []
+        for pair, level in base_levels.items():
+            if level + 1 < len(space.grids[pair[0]]):
+                options.append({**base_levels, pair: level + 1})
+        for knob, layers in space.layers.items():  # coarse: raise a knob's floor one step
+            if len(layers) > 1:
+                floor = min(base_levels[(knob, layer)] for layer in layers) + 1
+                if floor < len(space.grids[knob]):
+                    raised = {
+                        (knob, layer): max(base_levels[(knob, layer)], floor) for layer in layers
+                    }
+                    options.append({**base_levels, **raised})
+        for record in records:
+            if record.ratio < best.ratio and not evaluator.meets(record):
+                failed = levels_of(space, record.allocation)
+                for pair, level in failed.items():
+                    if level != base_levels[pair]:
+                        options.append({**failed, pair: base_levels[pair]})
+        scored = []
+        for levels in options:
+            allocation = space.allocation(levels)
+            key = allocation_key(allocation)
+            if key in seen:
+                continue
+            saved = base_cost - space.cost(allocation, kind)
+            if saved <= 0:
+                continue
+            extra = max(predicted(levels) - base_drop, 1e-6)
+            scored.append((saved / extra, key, allocation))
+        if not scored:
+            break
+        _, key, allocation = max(scored, key=lambda item: item[0])
+        seen.add(key)
+        record = evaluator.evaluate(allocation, f"greedy-{len(records) + 1}")
+        record.extra["refined_from"] = best.name
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+        log.info(
+            "greedy refine: from %s -> val %.4f, cost ratio %.4g (%s)",
+            best.name,
+            record.val_metric,
+            record.ratio,
+            "pass" if evaluator.meets(record) else "fail",
+        )
+    return records
+
+
 def greedy_search(
     evaluator: Evaluator,
     curves: Curves,
@@ -80,18 +192,20 @@ def greedy_search(
 
     The allowance starts at the budget; each pass doubles it (or bisects towards the
     smallest failure), each failure halves it (or bisects towards the largest pass).
-    Stops after ``max_rounds`` verifications, at ``deadline`` (``time.monotonic()``), or
-    when the allocation no longer changes.
+    The allowance search stops after half of ``max_rounds`` verifications (at least 4),
+    at ``deadline`` (``time.monotonic()``) or when the allocation no longer changes;
+    :func:`refine` uses the rounds left.
     """
-    space, limit = evaluator.space, evaluator.limit
+    space, limit = evaluator.space, evaluator.search_limit
     objective = evaluator.objective.kind
     passed: float | None = None
     failed: float | None = None
     factor = 1.0
     records: list[Record] = []
     outcome: dict[str, bool] = {}
+    first_phase = min(max_rounds, max(4, max_rounds // 2))
     for _ in range(max_rounds * 6):
-        if len(records) >= max_rounds or time.monotonic() >= deadline:
+        if len(records) >= first_phase or time.monotonic() >= deadline:
             break
         allocation = allocate(space, curves, base_metric, factor * limit, objective)
         key = allocation_key(allocation)
@@ -129,4 +243,4 @@ def greedy_search(
             break
         else:
             factor = math.sqrt(passed * failed)
-    return records
+    return refine(evaluator, curves, base_metric, records, max_rounds, deadline, on_record)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, TorchslimError
 from torchslim.pipeline import run_recipe
 from torchslim.recipe import Recipe
 from torchslim.report.results import Candidate, Report
@@ -91,6 +91,10 @@ def optimize(
     out: str | Path | None = None,
     recovery_epochs: int | None = None,
     codebook_epochs: int | None = None,
+    recovery: str = "distill",
+    recovery_lr: float | None = None,
+    sensitivity_epochs: int | None = None,
+    margin: float = 0.25,
     multi_objective: bool = True,
     seed: int | None = 0,
     threads: int = 1,
@@ -109,20 +113,32 @@ def optimize(
         strategy: ``"greedy"`` (sensitivity allocation, verified, with back-off),
             ``"optuna"`` (a study seeded with greedy allocations) or ``"auto"`` (optuna when
             a storage, study or trial count is given, else greedy).
-        techniques: knobs to search (default by objective: size -> magnitude_pruning +
-            codebook_quant; macs -> channel_pruning; latency -> channel_pruning, plus
-            static_quant on onnxruntime).
+        techniques: knobs to search (default by objective: size -> channel_pruning +
+            magnitude_pruning + codebook_quant, channel_pruning left out when the model
+            has no prunable channel group; macs -> channel_pruning; latency ->
+            channel_pruning, plus static_quant on onnxruntime).
         ranges: per-technique grids, e.g. ``{"codebook_quant": [8, 4, 3]}``.
         trials: greedy verifications / finished Optuna trials in the study (a resumed
-            study continues up to this count); default 8 (greedy) or 30 (optuna).
+            study continues up to this count); default 12 (greedy) or 30 (optuna).
         time_limit: seconds for the search phase.
         storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL.
         study: study name (default derived from the task's fingerprint).
         out: folder for results.json, report.html, the best recipe and its artifact.
-        recovery_epochs: fine-tuning after pruning (default: a quarter of the task's
-            training epochs, 1 to 20).
+        recovery_epochs: recovery after pruning (default: half of the task's training
+            epochs, 1 to 20).
         codebook_epochs: centroid fine-tuning of codebook quantization (default: half
             of recovery_epochs, at least 1).
+        recovery: ``"distill"`` (Hinton KD from the uncompressed baseline, default) or
+            ``"finetune"`` (task loss) after pruning.
+        recovery_lr: recovery learning rate (None: the task's lr for distill, a tenth of
+            it for finetune).
+        sensitivity_epochs: recovery epochs before each sensitivity point is measured
+            (default 1; 0 measures right after compressing, which overstates the cost of
+            pruning that recovery wins back).
+        margin: fraction of the budget held back on the val split (0.25: a 1-point budget
+            is searched as 0.75 points on val); the test split is checked against the full
+            budget. Candidates within the full budget on val are tried on test after the
+            ones within the margin.
         multi_objective: NSGA-II on (cost, drop) for the front; False: TPE on cost with
             the budget as a constraint.
         seed: sampler seed (None: random; shared studies use seed + process id).
@@ -134,6 +150,7 @@ def optimize(
     budget = Budget(max_drop, drop_type)
     goal = Objective(objective, runtime, batch)
     _check_limits(trials, time_limit, strategy)
+    _check_search_settings(recovery, sensitivity_epochs, margin)
     if strategy == "auto":
         strategy = "optuna" if (storage or study or trials) else "greedy"
     if strategy == "greedy" and storage is not None:
@@ -147,12 +164,43 @@ def optimize(
     if not knobs:
         raise ConfigError("the list of techniques is empty; name at least one")
     base = task.baseline(progress=progress)
-    space = build_space(base, task, knobs, ranges)
-    curves, base_val_metric = sensitivity(task, base, space, "val", progress=progress)
+    if techniques is None and "channel_pruning" in knobs and goal.kind == "size":
+        try:
+            space = build_space(base, task, knobs, ranges)
+        except TorchslimError as exc:  # no prunable channel group, or an untraceable graph
+            log.info("size search without channel pruning: %s", exc)
+            knobs = tuple(k for k in knobs if k != "channel_pruning")
+            ranges = {k: v for k, v in (ranges or {}).items() if k != "channel_pruning"}
+            space = build_space(base, task, knobs, ranges)
+    else:
+        space = build_space(base, task, knobs, ranges)
     epochs = task.train_config.epochs
-    recovery = recovery_epochs if recovery_epochs is not None else min(20, max(1, epochs // 4))
-    codebook = codebook_epochs if codebook_epochs is not None else max(1, recovery // 2)
-    evaluator = Evaluator(task, base, space, budget, goal, recovery, codebook, threads)
+    rounds = recovery_epochs if recovery_epochs is not None else min(20, max(1, epochs // 2))
+    codebook = codebook_epochs if codebook_epochs is not None else max(1, rounds // 2)
+    probe = 1 if sensitivity_epochs is None else sensitivity_epochs
+    curves, base_val_metric = sensitivity(
+        task,
+        base,
+        space,
+        "val",
+        progress=progress,
+        recovery_epochs=probe,
+        recovery=recovery,
+        recovery_lr=recovery_lr,
+    )
+    evaluator = Evaluator(
+        task,
+        base,
+        space,
+        budget,
+        goal,
+        rounds,
+        codebook,
+        threads,
+        recovery=recovery,
+        recovery_lr=recovery_lr,
+        margin=margin,
+    )
     deadline = start + time_limit if time_limit is not None else math.inf
     notes = [
         f"budget: at most {budget.max_drop:g} point(s) {budget.drop_type} drop of "
@@ -160,11 +208,13 @@ def optimize(
         f"{'metric units' if budget.drop_type == 'absolute' else 'fraction of the baseline'})",
         f"objective: {goal.kind}"
         + (f" at batch {goal.batch} on {goal.runtime}" if goal.needs_latency else ""),
-        f"strategy: {strategy}; techniques: {', '.join(knobs)}; recovery: {recovery} epoch(s)",
+        f"strategy: {strategy}; techniques: {', '.join(knobs)}; recovery: {recovery} "
+        f"{rounds} epoch(s); sensitivity measured after {probe} recovery epoch(s)",
+        f"val margin: candidates must stay within {1 - margin:.0%} of the budget on val",
         "the search saw the val split only; candidates are reported with their test metric",
     ]
     if strategy == "greedy":
-        records = greedy_search(evaluator, curves, base_val_metric, trials or 8, deadline)
+        records = greedy_search(evaluator, curves, base_val_metric, trials or 12, deadline)
     else:
         from torchslim.search.optuna_search import open_study, run_study, study_records
 
@@ -179,9 +229,9 @@ def optimize(
             evaluator=evaluator,
         )
         seeds, keys = [], set()
-        for factor in (1, 2, 4, 8, 16):
+        for factor in (0.25, 0.5, 1, 2, 4, 8, 16):
             allocation = allocate(
-                space, curves, base_val_metric, factor * evaluator.limit, goal.kind
+                space, curves, base_val_metric, factor * evaluator.search_limit, goal.kind
             )
             if allocation_key(allocation) not in keys:
                 keys.add(allocation_key(allocation))
@@ -192,6 +242,21 @@ def optimize(
         notes.append(f"study {study_obj.study_name!r}: {len(study_obj.trials)} trial(s) in storage")
     timed = latency or goal.needs_latency
     return _finish(task, base, evaluator, budget, records, curves, notes, out, start, timed)
+
+
+def _check_search_settings(recovery: str, sensitivity_epochs: int | None, margin: float) -> None:
+    from torchslim.search.space import RECOVERIES
+
+    if recovery not in RECOVERIES:
+        raise ConfigError(f"recovery {recovery!r} is unknown; use one of {RECOVERIES}")
+    if sensitivity_epochs is not None and (
+        isinstance(sensitivity_epochs, bool)
+        or not isinstance(sensitivity_epochs, int)
+        or sensitivity_epochs < 0
+    ):
+        raise ConfigError(f"sensitivity epochs must be an integer >= 0, got {sensitivity_epochs!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ConfigError(f"margin is a fraction of the budget in [0, 1), got {margin!r}")
 
 
 def _pid() -> int:
@@ -231,7 +296,11 @@ def _finish(
     if not records and evaluator.stopped:  # every trial stopped early: finish the least bad
         _, allocation = min(evaluator.stopped, key=lambda item: item[0])
         records = [evaluator.evaluate(allocation, "least-drop")]
-    feasible = sorted((r for r in records if evaluator.meets(r)), key=lambda r: r.ratio)
+    # within the margin first (cheapest first), then within the bare budget on val
+    feasible = sorted(
+        (r for r in records if evaluator.meets(r, margin=False)),
+        key=lambda r: (not evaluator.meets(r), r.ratio),
+    )
     chosen: Record | None = None
     for record in feasible[:ACCEPT_TRIES]:
         if budget.met(base_test, record.test_metric):

@@ -185,7 +185,7 @@ def run_study(
         trial.set_user_attr("worker", worker)
         allocation = suggest(trial, evaluator)
         if not evaluator.recipe(allocation, "probe").steps:
-            trial.set_constraint("drop", -evaluator.limit)
+            trial.set_constraint("drop", -evaluator.search_limit)
             return (1.0, 0.0) if multi else 1.0
         try:
             record = evaluator.evaluate(allocation, f"trial-{trial.number}", after_step=hook)
@@ -194,7 +194,7 @@ def run_study(
             trial.set_user_attr("stopped", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         drop = evaluator.base_val.metric - record.val_metric
-        trial.set_constraint("drop", drop - evaluator.limit)
+        trial.set_constraint("drop", drop - evaluator.search_limit)
         trial.set_user_attr("record", record.to_dict())
         return (record.ratio, drop) if multi else record.ratio
 

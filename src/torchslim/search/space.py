@@ -2,15 +2,22 @@
 
 A *knob* is one technique with a grid of settings, ordered from the least to the most
 compression: ``magnitude_pruning`` sparsities, ``channel_pruning`` ratios (per coupled
-group), ``codebook_quant`` bits, and ``static_quant`` (off / on, int8 for ONNX Runtime).
+group), ``svd`` (low-rank factorization of Linear layers: the kept fraction of a
+layer's weights, 1.0 = not factorized; opt-in), ``codebook_quant`` bits, and
+``static_quant`` (off / on, int8 for ONNX Runtime).
 An *allocation* maps each knob to ``{layer: value}``; :func:`build_recipe` turns it into
 a re-runnable :class:`~torchslim.recipe.Recipe` in pipeline order: structural pruning,
-unstructured pruning, recovery (fine-tune), quantization, packing.
+unstructured pruning, recovery (fine-tune or distillation from the baseline),
+quantization, packing.
+
+The cost model knows that removing a group's output channels also removes the inputs
+of the layers that consume them (``Space.couplings``, measured once per channel group).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,18 +33,24 @@ GLOBAL = "*"  # the layer key of a whole-model knob
 
 DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "channel_pruning": (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8),
-    "magnitude_pruning": (0.0, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97),
+    "magnitude_pruning": (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97),
+    "svd": (1.0, 0.7, 0.5, 0.35, 0.25, 0.15),
     "codebook_quant": (8, 6, 5, 4, 3, 2),
     "static_quant": (0, 1),
 }
 PER_MODEL = ("static_quant",)
-IDENTITY = {"channel_pruning": 0.0, "magnitude_pruning": 0.0, "static_quant": 0}
+IDENTITY = {"channel_pruning": 0.0, "magnitude_pruning": 0.0, "static_quant": 0, "svd": 1.0}
+DESCENDING = ("codebook_quant", "svd")  # grids whose larger values compress less
+RECOVERIES = ("distill", "finetune")
+CHANNEL_IMPORTANCE = "l1"
+"""Channel ranking of the recipes the optimizer builds, pinned so that a change of the
+technique's default does not silently change the cached sensitivity curves' meaning."""
 
 
 def default_knobs(objective: str, runtime: str = "torch") -> tuple[str, ...]:
     """The techniques searched by default for an objective."""
     if objective == "size":
-        return ("magnitude_pruning", "codebook_quant")
+        return ("channel_pruning", "magnitude_pruning", "codebook_quant")
     if objective == "macs":
         return ("channel_pruning",)
     return ("channel_pruning", "static_quant") if runtime == "onnxruntime" else ("channel_pruning",)
@@ -61,7 +74,11 @@ def check_grid(knob: str, values: Sequence[float]) -> tuple[float, ...]:
             raise ConfigError(f"{knob} takes 0 (off) and/or 1 (int8), got {value}")
         if knob in ("magnitude_pruning", "channel_pruning") and not 0 <= value < 1:
             raise ConfigError(f"{knob} ratios must be in [0, 1), got {value}")
-    ordered = sorted(set(values), reverse=knob == "codebook_quant")
+        if knob == "svd" and not 0 < value <= 1:
+            raise ConfigError(
+                f"svd keeps a fraction of each layer's weights in (0, 1], got {value}"
+            )
+    ordered = sorted(set(values), reverse=knob in DESCENDING)
     return tuple(
         int(v) if knob in ("codebook_quant", "static_quant") else float(v) for v in ordered
     )
@@ -76,6 +93,9 @@ class Space:
         layers: knob -> layer names (``["*"]`` for whole-model knobs).
         params: layer -> weight count; macs: layer -> MACs at batch 1 (for the cost model).
         other_params: parameters outside the knobs' layers (biases, norms, ...).
+        biases: layer -> bias count (shrinks with the layer's output channels).
+        couplings: channel-group root -> {layer: share of the layer's weights removed per
+            unit of the root's ratio} (the root's own outputs and its consumers' inputs).
     """
 
     grids: dict[str, tuple[float, ...]]
@@ -83,6 +103,20 @@ class Space:
     params: dict[str, int] = field(default_factory=dict)
     macs: dict[str, int] = field(default_factory=dict)
     other_params: int = 0
+    biases: dict[str, int] = field(default_factory=dict)
+    couplings: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def kept(self, channels: Mapping[str, float], layer: str) -> float:
+        """Share of ``layer``'s weights left by the channel-pruning ratios ``channels``."""
+        kept = 1.0
+        for root, ratio in channels.items():
+            share = self.couplings.get(root, {root: 1.0}).get(layer, 0.0)
+            kept *= max(0.0, 1.0 - ratio * share)
+        return kept
+
+    def out_kept(self, channels: Mapping[str, float], layer: str) -> float:
+        """Share of ``layer``'s output channels left (its biases)."""
+        return 1.0 - channels.get(layer, 0.0)
 
     def knobs(self) -> list[tuple[str, str]]:
         """Every (knob, layer) pair."""
@@ -109,18 +143,21 @@ class Space:
         channels = allocation.get("channel_pruning", {})
         sparsity = allocation.get("magnitude_pruning", {})
         bits = allocation.get("codebook_quant", {})
+        lowrank = allocation.get("svd", {})
         total = 0.0
         for layer in set(self.params) | set(self.macs):
-            kept = 1.0 - channels.get(layer, 0.0)
+            kept = self.kept(channels, layer) * lowrank.get(layer, 1.0)
             if objective == "size":
                 density = 1.0 - sparsity.get(layer, 0.0)
                 width = bits.get(layer, 32)
                 index_bits = _entropy(density) if density < 1 else 0.0
                 total += self.params.get(layer, 0) * kept * (density * width + index_bits)
+                bias_bits = 16 if layer in bits else 32
+                total += self.biases.get(layer, 0) * self.out_kept(channels, layer) * bias_bits
             else:
                 total += self.macs.get(layer, 0) * kept
         if objective == "size":
-            total += self.other_params * 32
+            total += (self.other_params - sum(self.biases.values())) * 32
         elif allocation.get("static_quant", {}).get(GLOBAL):
             total /= 2.5  # int8 kernels: a rough prior; the search measures the real speedup
         return total
@@ -159,15 +196,80 @@ def build_space(
             layers[knob] = [GLOBAL]
         elif knob == "channel_pruning":
             layers[knob] = _channel_roots(model, task)
+        elif knob == "svd":  # Linear layers but the output layer (kept by the technique)
+            from torchslim.techniques.channels import final_layers
+
+            last = {id(m) for m in final_layers(model, task.inputs(1))}
+            modules = dict(model.named_modules())
+            layers[knob] = [
+                name
+                for name in weighted
+                if isinstance(modules[name], nn.Linear) and id(modules[name]) not in last
+            ]
         else:
             layers[knob] = list(weighted)
         if not layers[knob]:
             raise ConfigError(f"{knob} finds no layer to act on in this model; drop it")
     modules = dict(model.named_modules())
     params = {name: modules[name].weight.numel() for name in weighted}
+    biases = {
+        name: modules[name].bias.numel()
+        for name in weighted
+        if getattr(modules[name], "bias", None) is not None
+    }
     macs = count_macs(model, task.inputs(1)).per_layer
     other = sum(p.numel() for p in model.parameters()) - sum(params.values())
-    return Space(grids, layers, params, {k: v for k, v in macs.items() if k in params}, other)
+    couplings = (
+        _couplings(model, task, layers["channel_pruning"], params)
+        if "channel_pruning" in layers
+        else {}
+    )
+    return Space(
+        grids,
+        layers,
+        params,
+        {k: v for k, v in macs.items() if k in params},
+        other,
+        biases,
+        couplings,
+    )
+
+
+def _couplings(
+    model: nn.Module, task: Any, roots: Sequence[str], params: Mapping[str, int], probe: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """Per channel-group root: each layer's share of weights removed per unit of ratio.
+
+    Measured by pruning each group alone at ``probe`` on a copy (the model is untouched).
+    """
+    import copy
+
+    from torchslim.techniques.base import ApplyContext, apply
+    from torchslim.techniques.channels import ChannelPruning
+
+    couplings: dict[str, dict[str, float]] = {}
+    for root in roots:
+        pruned = copy.deepcopy(model)
+        config = ChannelPruning(
+            ratio=probe, mode="layer", layer_ratios=((root, probe),), scope=Scope(include=(root,))
+        )
+        try:
+            pruned = apply(pruned, config, task, context=ApplyContext(task=task))
+        except Exception:  # noqa: BLE001 - a group the pruner refuses: its own outputs only
+            couplings[root] = {root: 1.0}
+            continue
+        modules = dict(pruned.named_modules())
+        shares = {}
+        for name, count in params.items():
+            module = modules.get(name)
+            weight = getattr(module, "weight", None) if module is not None else None
+            if weight is None or not count:
+                continue
+            removed = 1.0 - weight.numel() / count
+            if removed > 0:
+                shares[name] = min(1.0, removed / probe)
+        couplings[root] = shares or {root: 1.0}
+    return couplings
 
 
 def _channel_roots(model: nn.Module, task: Any) -> list[str]:
@@ -183,13 +285,31 @@ def build_recipe(
     task: str | None = None,
     recovery_epochs: int = 0,
     codebook_epochs: int = 0,
+    recovery: str = "finetune",
+    recovery_lr: float | None = None,
 ) -> Recipe:
-    """The recipe of an allocation, in pipeline order (identity settings are left out)."""
+    """The recipe of an allocation, in pipeline order (identity settings are left out).
+
+    Args:
+        allocation: per-knob, per-layer settings.
+        name, task: the recipe's name and task.
+        recovery_epochs: epochs of recovery after pruning (0: none).
+        codebook_epochs: centroid fine-tuning epochs of codebook quantization.
+        recovery: ``"finetune"`` (task loss) or ``"distill"`` (Hinton KD from the
+            uncompressed baseline, the recipe's teacher).
+        recovery_lr: recovery learning rate (None: the step's default, a tenth of the
+            task's lr for finetune, the task's lr for distill).
+    """
     from torchslim.techniques.channels import ChannelPruning
     from torchslim.techniques.codebook import CodebookQuant
+    from torchslim.techniques.distillation import Distill
+    from torchslim.techniques.lowrank import SVDFactorization
     from torchslim.techniques.pruning import MagnitudePruning
     from torchslim.techniques.quantization import StaticQuant
     from torchslim.techniques.recovery import FineTune
+
+    if recovery not in RECOVERIES:
+        raise ConfigError(f"recovery {recovery!r} is unknown; use one of {RECOVERIES}")
 
     steps: list[TechniqueConfig] = []
     ratios = allocation.get("channel_pruning", {})
@@ -197,11 +317,25 @@ def build_recipe(
         steps.append(
             ChannelPruning(
                 ratio=max(ratios.values()),
+                importance=CHANNEL_IMPORTANCE,
                 mode="layer",
                 layer_ratios=tuple((layer, float(value)) for layer, value in ratios.items()),
                 scope=Scope(include=tuple(ratios)),
             )
         )
+    lowrank = allocation.get("svd", {})
+    by_ratio: dict[float, list[str]] = {}
+    for layer, value in lowrank.items():
+        if value < 1:
+            by_ratio.setdefault(float(value), []).append(layer)
+    for value, names in sorted(by_ratio.items(), reverse=True):
+        steps.append(SVDFactorization(ratio=value, scope=Scope(include=tuple(names))))
+    factorized = {layer for names in by_ratio.values() for layer in names}
+
+    def pattern(layer: str) -> str:
+        # a factorized layer is a chain ``layer.0``, ``layer.1``: later steps act on both
+        return f"re:{re.escape(layer)}(\\.\\d+)?" if layer in factorized else layer
+
     sparsity = allocation.get("magnitude_pruning", {})
     if any(value > 0 for value in sparsity.values()):
         # overrides scale with sparsity / max: listing every layer at sparsity = max keeps
@@ -210,20 +344,25 @@ def build_recipe(
             MagnitudePruning(
                 sparsity=max(sparsity.values()),
                 mode="layer",
-                overrides=tuple((layer, float(value)) for layer, value in sparsity.items()),
-                scope=Scope(include=tuple(sparsity)),
+                overrides=tuple(
+                    (pattern(layer), float(value)) for layer, value in sparsity.items()
+                ),
+                scope=Scope(include=tuple(pattern(layer) for layer in sparsity)),
             )
         )
     if steps and recovery_epochs > 0:
-        steps.append(FineTune(epochs=recovery_epochs))
+        if recovery == "distill":
+            steps.append(Distill(epochs=recovery_epochs, lr=recovery_lr))
+        else:
+            steps.append(FineTune(epochs=recovery_epochs, lr=recovery_lr))
     bits = allocation.get("codebook_quant", {})
     if bits:
         steps.append(
             CodebookQuant(
                 bits=8,
                 epochs=codebook_epochs,
-                layer_bits=tuple((layer, int(value)) for layer, value in bits.items()),
-                scope=Scope(include=tuple(bits)),
+                layer_bits=tuple((pattern(layer), int(value)) for layer, value in bits.items()),
+                scope=Scope(include=tuple(pattern(layer) for layer in bits)),
             )
         )
     if allocation.get("static_quant", {}).get(GLOBAL):
