@@ -9,13 +9,25 @@ int8 config on the same model.
     .venv/bin/python benchmarks/quantization.py --tasks mnist1d-cnn digits32-vgg
 
 Writes benchmarks/results/quantization.json (``--json PATH`` for another file) and prints a
-markdown table.
+markdown table. ``--skip dynamic codebook torchao`` leaves out the slow rows that do not
+bear on the static-int8 comparison.
+
+Besides the usual interleaved latency table (``benchmark_latency``: rounds of A, B, C in a
+fixed order), the static int8 models are timed head to head against ONNX Runtime's
+default ``quantize_static`` output (``head_to_head``): every round calls each model once
+in a shuffled order, the sessions are built twice in opposite orders, and the result is
+the median per-call time and the median of the per-round time ratios against ORT's
+default. That cancels most of the load of a shared machine and the small advantage a
+session gets from being created first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
+import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -71,8 +83,50 @@ def latency(models: list[torch.nn.Module], task: ts.Task, runtime: str) -> list[
     return out
 
 
+def head_to_head(
+    models: list[OrtModule], task: ts.Task, rounds: dict[int, int], seed: int = 0
+) -> list[dict[str, float]]:
+    """Per-call interleaved timing (shuffled order each round, two session build orders).
+
+    Returns per model: median ms per call and median per-round ratio against
+    ``models[0]``, at each batch size in ``rounds``.
+    """
+    rng = random.Random(seed)
+    out: list[dict[str, float]] = [{} for _ in models]
+    for size, count in rounds.items():
+        inputs = task.inputs(size)
+        samples: list[list[float]] = [[] for _ in models]
+        for build_order in (list(range(len(models))), list(reversed(range(len(models))))):
+            sessions: dict[int, Any] = {}
+            for index in build_order:
+                module = models[index].with_threads(1)
+                sessions[index] = (module.session, module.feeds(inputs))
+            for session, feeds in sessions.values():
+                for _ in range(3):
+                    session.run(None, feeds)
+            for _ in range(count // 2):
+                order = list(range(len(models)))
+                rng.shuffle(order)
+                for index in order:
+                    session, feeds = sessions[index]
+                    start = time.perf_counter()
+                    session.run(None, feeds)
+                    samples[index].append((time.perf_counter() - start) * 1e3)
+        for index, times in enumerate(samples):
+            ratios = [t / r for t, r in zip(times, samples[0], strict=True)]
+            out[index][f"batch_{size}_ms"] = round(statistics.median(times), 4)
+            out[index][f"batch_{size}_ratio_vs_ort_default"] = round(statistics.median(ratios), 4)
+    return out
+
+
 def bench_task(
-    name: str, qat_epochs: int, codebook_epochs: int, out: Path, inductor: bool
+    name: str,
+    qat_epochs: int,
+    codebook_epochs: int,
+    out: Path,
+    inductor: bool,
+    skip: tuple[str, ...] = (),
+    h2h_rounds: dict[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """All candidates of one task."""
     task = ts.tasks.get(name)
@@ -105,24 +159,16 @@ def bench_task(
         )
 
     add("fp32 (torch)", None, base, None, 0.0)
-    start = time.perf_counter()
-    dynamic = apply(base, DynamicQuant())
-    add(
-        "dynamic int8 (ORT)",
-        dynamic,
-        export_ort_int8(base, task, out / f"{name}-dyn.onnx", mode="dynamic"),
-        onnx_io(),
-        time.perf_counter() - start,
-    )
-    start = time.perf_counter()
-    static = apply(base, StaticQuant(), task)
-    add(
-        "static int8 (ORT, torchslim)",
-        static,
-        export_ort_int8(static, task, out / f"{name}-static.onnx"),
-        onnx_io(),
-        time.perf_counter() - start,
-    )
+    if "dynamic" not in skip:
+        start = time.perf_counter()
+        dynamic = apply(base, DynamicQuant())
+        add(
+            "dynamic int8 (ORT)",
+            dynamic,
+            export_ort_int8(base, task, out / f"{name}-dyn.onnx", mode="dynamic"),
+            onnx_io(),
+            time.perf_counter() - start,
+        )
     start = time.perf_counter()
     add(
         "static int8 (ORT default quantize_static)",
@@ -131,6 +177,17 @@ def bench_task(
         onnx_io(),
         time.perf_counter() - start,
     )
+    # torchslim's own scales (calibrated / learned) are carried into the ORT graph.
+    for label, per_channel in (("per-channel", True), ("per-tensor", False)):
+        start = time.perf_counter()
+        static = apply(base, StaticQuant(per_channel=per_channel), task)
+        add(
+            f"static int8 (ORT, torchslim, {label})",
+            static,
+            export_ort_int8(static, task, out / f"{name}-static-{label}.onnx"),
+            onnx_io(),
+            time.perf_counter() - start,
+        )
     start = time.perf_counter()
     qat = apply(base, QAT(epochs=qat_epochs, lr=1e-3), task)
     add(
@@ -140,16 +197,29 @@ def bench_task(
         onnx_io(),
         time.perf_counter() - start,
     )
-    start = time.perf_counter()
-    codebook = apply(base, CodebookQuant(bits=4, epochs=codebook_epochs, lr=1e-3), task)
-    add(
-        "4-bit codebook + fine-tune (packed)",
-        codebook,
-        codebook,
-        packed_io(codebook),
-        time.perf_counter() - start,
-    )
+    if "qat-kd" not in skip:
+        start = time.perf_counter()
+        qat_kd = apply(base, QAT(epochs=qat_epochs, lr=1e-3, distill=True), task)
+        add(
+            "QAT int8 + KD from fp32 (ORT)",
+            qat_kd,
+            export_ort_int8(qat_kd, task, out / f"{name}-qat-kd.onnx"),
+            onnx_io(),
+            time.perf_counter() - start,
+        )
+    if "codebook" not in skip:
+        start = time.perf_counter()
+        codebook = apply(base, CodebookQuant(bits=4, epochs=codebook_epochs, lr=1e-3), task)
+        add(
+            "4-bit codebook + fine-tune (packed)",
+            codebook,
+            codebook,
+            packed_io(codebook),
+            time.perf_counter() - start,
+        )
     try:
+        if "torchao" in skip:
+            raise ts.ConfigError("skipped by --skip torchao")
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -164,6 +234,18 @@ def bench_task(
     except ts.TorchslimError as exc:
         print(f"torchao skipped: {exc}")
 
+    # Head to head: torchslim's static / QAT int8 against ORT's default quantize_static.
+    by_label = {r["candidate"]: r for r in rows}
+    contenders = [r for r in rows if r["candidate"].startswith(("static int8", "QAT int8"))]
+    contenders.sort(key=lambda r: r is not by_label["static int8 (ORT default quantize_static)"])
+    # noise control: a second session of ORT's default file, timed like the others
+    control = contenders[0]["model"].with_threads(1)
+    h2h = head_to_head(
+        [r["model"] for r in contenders] + [control], task, h2h_rounds or {1: 2000, 64: 40}
+    )
+    for row, times in zip(contenders, h2h[:-1], strict=True):
+        row["head_to_head"] = times
+    rows[0]["head_to_head_noise_control"] = h2h[-1]
     # ONNX Runtime: fp32 exported baseline vs every ONNX artifact, interleaved.
     ort_rows = [r for r in rows if isinstance(r["model"], OrtModule)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,29 +308,95 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def head_to_head_markdown(rows: list[dict[str, Any]]) -> str:
+    """The head-to-head timings as a markdown table."""
+    lines = [
+        "| task | candidate | b1 ms | b1 ratio vs ORT default | b64 ms | b64 ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        h = r.get("head_to_head")
+        if "head_to_head_noise_control" in r:
+            h = r["head_to_head_noise_control"]
+            r = {**r, "candidate": "ORT default, second session (noise control)"}
+        if h:
+            lines.append(
+                f"| {r['task']} | {r['candidate']} | {h['batch_1_ms']:.3f} | "
+                f"{h['batch_1_ratio_vs_ort_default']:.3f} | {h['batch_64_ms']:.3f} | "
+                f"{h['batch_64_ratio_vs_ort_default']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["mnist1d-cnn", "digits32-vgg"])
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--codebook-epochs", type=int, default=5)
     parser.add_argument("--no-inductor", dest="inductor", action="store_false")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["dynamic", "qat-kd", "codebook", "torchao"],
+        help="rows to leave out (the static / ORT-default / QAT rows always run)",
+    )
+    parser.add_argument(
+        "--h2h-rounds",
+        nargs=2,
+        type=int,
+        default=[2000, 40],
+        metavar=("B1", "B64"),
+        help="head-to-head rounds at batch 1 and batch 64 (default 2000 40)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/bench-quantization"))
     parser.add_argument(
         "--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})"
     )
+    parser.add_argument(
+        "--h2h-files",
+        nargs="+",
+        type=Path,
+        help="only time these .onnx files head to head on the first task (ratios vs the first)",
+    )
     args = parser.parse_args()
+    if args.h2h_files:
+        with threads_fixed(1):
+            task = ts.tasks.get(args.tasks[0])
+            times = head_to_head(
+                [OrtModule(f) for f in args.h2h_files],
+                task,
+                {1: args.h2h_rounds[0], 64: args.h2h_rounds[1]},
+            )
+        for path, row in zip(args.h2h_files, times, strict=True):
+            print(path, json.dumps(row))
+        return
     rows: list[dict[str, Any]] = []
     with threads_fixed(1):
         for name in args.tasks:
-            rows += bench_task(name, args.qat_epochs, args.codebook_epochs, args.out, args.inductor)
+            rows += bench_task(
+                name,
+                args.qat_epochs,
+                args.codebook_epochs,
+                args.out,
+                args.inductor,
+                tuple(args.skip),
+                {1: args.h2h_rounds[0], 64: args.h2h_rounds[1]},
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    import onnxruntime
+
     meta = {
         "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "threads": 1,
-        "note": "latency medians in ms, interleaved per runtime",
+        "command": "python benchmarks/quantization.py " + " ".join(sys.argv[1:]),
+        "note": "latency medians in ms, interleaved per runtime; head_to_head: per-call "
+        "shuffled interleaving, ratio = median per-round time ratio vs ORT default",
     }
     args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(markdown(rows))
+    print(head_to_head_markdown(rows))
 
 
 if __name__ == "__main__":

@@ -100,3 +100,53 @@ def test_torchao_int8_quantizes_linear_layers():
             assert type(quantized[0].weight).__name__ != "Parameter"
         with pytest.raises(ts.UnsupportedError, match="has none"):
             apply(nn.Sequential(nn.Conv1d(1, 2, 3)), TorchaoInt8())
+
+
+def _scale_of(graph: onnx.GraphProto, name: str) -> torch.Tensor:
+    init = next(i for i in graph.initializer if i.name == name)
+    return torch.from_numpy(onnx.numpy_helper.to_array(init).copy())
+
+
+def test_ort_int8_carries_the_learned_qat_scales(mnist1d, tmp_path):
+    from torchslim.export.onnx import layer_qparams
+    from torchslim.techniques.quantization import QAT
+
+    task, base = mnist1d
+    qat = apply(base, QAT(epochs=1, learn_scales=True, sqnr_samples=0), task)
+    deployed = export_ort_int8(qat, task, tmp_path / "qat.onnx")
+    graph = onnx.load(str(tmp_path / "qat.onnx")).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    layers = layer_qparams(qat)
+    assert set(layers) == {"features.0", "features.2", "features.4", "classifier"}
+    for name, layer in ((n, qat.get_submodule(n)) for n in layers):
+        trained_w = layer.weight_quant.scale.detach().abs()
+        assert layer.weight_quant.learnable and trained_w.shape == (layer.module.weight.shape[0],)
+        torch.testing.assert_close(_scale_of(graph, f"{name}.weight_scale"), trained_w)
+        # the layer's input comes through Q -> DQ with the trained activation scale
+        node = next(
+            n for n in graph.node if f"/{name}/" in n.name and n.op_type in ("Conv", "Gemm")
+        )
+        dequantize = producers[node.input[0]]
+        quantize = producers[dequantize.input[0]]
+        assert (dequantize.op_type, quantize.op_type) == ("DequantizeLinear", "QuantizeLinear")
+        trained_a = layer.input_quant.scale.detach().abs().reshape(1)
+        torch.testing.assert_close(_scale_of(graph, quantize.input[1]).reshape(1), trained_a)
+    x = _test_inputs(task)
+    with torch.no_grad():
+        simulated = qat(x)
+    carried = deployed(x)
+    recalibrated = export_ort_int8(qat, task, tmp_path / "recal.onnx", carry_scales=False)(x)
+    # the deployed integers are the simulated ones: far closer than ORT's own calibration
+    assert sqnr(simulated, carried) > 38
+    assert sqnr(simulated, carried) > sqnr(simulated, recalibrated) + 5
+    assert abs(task.evaluate(deployed) - task.evaluate(qat)) <= 0.005
+
+
+def test_per_tensor_static_model_deploys_per_tensor_weights(mnist1d, tmp_path):
+    task, base = mnist1d
+    static = apply(base, StaticQuant(per_channel=False, sqnr_samples=0), task)
+    export_ort_int8(static, task, tmp_path / "pt.onnx")
+    graph = onnx.load(str(tmp_path / "pt.onnx")).graph
+    scale = _scale_of(graph, "features.2.weight_scale")
+    assert scale.numel() == 1
+    torch.testing.assert_close(scale.reshape(()), static.features[2].weight_quant.scale)

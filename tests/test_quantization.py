@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -72,9 +73,17 @@ def test_mixed_precision_by_name_regex_and_type_and_float_layers(mnist1d):
 
 
 def test_config_round_trip_with_layer_bits_and_scope():
-    config = QAT(bits=4, layer_bits=(("fc", 8),), scope=Scope(exclude=("head",)), learn_scales=True)
+    config = QAT(
+        bits=4,
+        layer_bits=(("fc", 8),),
+        layer_act_bits=(("re:conv.*", 6),),
+        scope=Scope(exclude=("head",)),
+        learn_scales=True,
+        distill=True,
+        temperature=2.0,
+    )
     data = config_to_dict(config)
-    assert data["layer_bits"] == [["fc", 8]]
+    assert data["layer_bits"] == [["fc", 8]] and data["layer_act_bits"] == [["re:conv.*", 6]]
     assert config_from_dict(data) == config
 
 
@@ -193,3 +202,61 @@ def test_calibration_data_missing_or_misshapen(tiny_task):
         apply(model, StaticQuant(), tiny_task)
     assert _unchanged(model, before)
     assert isinstance(model[0], nn.Linear)
+
+
+def test_activation_bits_per_layer_by_name_and_type(mnist1d):
+    task, base = mnist1d
+    context = ApplyContext(task=task)
+    config = StaticQuant(
+        act_bits=8, layer_act_bits=(("Conv1d", 6), ("features.0", 4)), sqnr_samples=32
+    )
+    quantized = apply(base, config, task, context=context)
+    act = {
+        n: m.input_quant.bits for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)
+    }
+    assert act == {"features.0": 4, "features.2": 6, "features.4": 6, "classifier": 8}
+    layers = context.notes["quantization"]["layers"]
+    assert {n: row["act_bits"] for n, row in layers.items()} == act
+    assert all(row["bits"] == 8 for row in layers.values())  # weight bits are separate
+    # the 4-bit input is the least precise layer input: its isolated SQNR is the lowest
+    table = context.notes["quantization"]["sqnr_db"]["layers"]
+    assert min(table, key=lambda n: table[n]["isolated_db"]) == "features.0"
+    with pytest.raises(ts.ConfigError, match="layer_act_bits for 'classifier'"):
+        StaticQuant(layer_act_bits=(("classifier", 9),))
+    with pytest.raises(ts.ConfigError, match="'classifer' names no module"):
+        apply(base, StaticQuant(layer_act_bits=(("classifer", 4),)), task)
+
+
+def test_qat_distills_from_the_float_model_or_the_context_teacher(mnist1d):
+    task, base = mnist1d
+    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=4, sqnr_samples=0), task))
+    plain, kd = ApplyContext(task=task), ApplyContext(task=task)
+    apply(base, QAT(bits=4, epochs=1, sqnr_samples=0), task, context=plain)
+    config = QAT(bits=4, epochs=1, distill=True, temperature=2.0, alpha=0.5, sqnr_samples=0)
+    distilled = apply(base, config, task, context=kd)
+    assert plain.notes["quantization"]["distilled_from"] is None
+    assert kd.notes["quantization"]["distilled_from"] == "float model"
+    assert kd.notes["quantization"]["final_loss"] != plain.notes["quantization"]["final_loss"]
+    assert task.evaluate(distilled) > ptq_acc + 0.01  # KD-QAT recovers what 4-bit PTQ lost
+
+    # A context teacher is the one used: a teacher that names the wrong class misleads it.
+    class ShiftedTeacher(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.calls = copy.deepcopy(base), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.inner(x).roll(1, dims=1)  # confident, and one class off
+
+    teacher = ShiftedTeacher()
+    bad = ApplyContext(task=task, teacher=teacher)
+    soft_only = dict(bits=4, epochs=1, lr=1e-2, distill=True, temperature=1.0, alpha=1.0)
+    misled = apply(base, QAT(**soft_only, sqnr_samples=0), task, context=bad)
+    assert bad.notes["quantization"]["distilled_from"] == "context teacher"
+    assert teacher.calls >= len(task.loader("train"))
+    guided = apply(base, QAT(**soft_only, sqnr_samples=0), task)  # the float model teaches
+    assert task.evaluate(misled) < 0.5 < task.evaluate(distilled) - 0.3
+    assert task.evaluate(guided) > ptq_acc + 0.01
+    with pytest.raises(ts.ConfigError, match="alpha must be in"):
+        QAT(distill=True, alpha=1.5)

@@ -7,6 +7,11 @@
 * :func:`quantize_onnx` makes an ONNX Runtime int8 model: static QDQ (per-channel
   weights, activations calibrated on the task's data) for conv nets, or dynamic
   (int8 MatMul weights, activations quantized at run time) for Linear-heavy nets.
+  For a fake-quantized model, :func:`export_ort_int8` carries torchslim's own
+  scales and zero points (calibrated by static PTQ, learned by QAT / LSQ) into
+  the QDQ graph (:func:`layer_qparams`, ONNX Runtime's ``TensorQuantOverrides``),
+  so the deployed integers are the simulated ones; ONNX Runtime calibrates only
+  the tensors the simulation leaves in float (the model's output).
 * :class:`OrtModule` runs an ``.onnx`` file as an ``nn.Module``, so a task's metric,
   ``measure`` and ``benchmark_latency`` work on the deployed artifact itself.
 * The ``onnxruntime`` runtime (``RUNTIMES["onnxruntime"]``) times a PyTorch model
@@ -214,6 +219,119 @@ def _excluded_nodes(model: Any, layers: Sequence[str]) -> list[str]:
     return found
 
 
+# Ops that pass values through unchanged in range (max / reshape): a tensor before them
+# gets the same quantization parameters as the tensor after them.
+_PASS_THROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+_WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _int8_grid(
+    scale: torch.Tensor, zero_point: torch.Tensor, qmax: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and int8 zero point of a torchslim grid, shifted to int8 codes.
+
+    A grid ``[qmin, qmax]`` with ``qmax > 127`` (unsigned 8-bit) moves down by 128
+    (same real values, codes in ``[-128, 127]``); narrower grids fit as they are.
+    """
+    shift = 128 if qmax > 127 else 0
+    scale_np = scale.detach().abs().clamp_min(1e-12).float().cpu().numpy().astype(np.float32)
+    zp = torch.round(zero_point.detach().float()).cpu().numpy().astype(np.int64) - shift
+    return scale_np, zp.astype(np.int8)
+
+
+def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Scales and zero points of each fake-quantized layer, as ONNX Runtime int8 grids.
+
+    Returns ``{layer name: {"weight": {"scale", "zero_point", "axis"}, "input": {...} | None}}``
+    (numpy arrays; ``axis`` is None for a per-tensor weight). Inputs quantized
+    dynamically or not at all have ``"input": None``. Empty for a model without
+    :class:`~torchslim.techniques.fake_quant.QuantizedLayer` s.
+    """
+    from torchslim.techniques.fake_quant import QuantizedLayer
+
+    found: dict[str, dict[str, Any]] = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, QuantizedLayer) or not layer.enabled:
+            continue
+        wq = layer.weight_quant
+        scale, zp = _int8_grid(wq._scale(layer.module.weight), wq.zero_point, wq.qmax)
+        entry: dict[str, Any] = {
+            "weight": {"scale": scale, "zero_point": zp, "axis": wq.axis},
+            "input": None,
+        }
+        aq = layer.input_quant
+        if aq is not None and aq.mode in ("quant", "qat"):
+            a_scale, a_zp = _int8_grid(aq.scale, aq.zero_point, aq.qmax)
+            entry["input"] = {"scale": a_scale.reshape(()), "zero_point": a_zp.reshape(())}
+        found[name] = entry
+    return found
+
+
+def _layer_node(model: Any, layer: str) -> Any | None:
+    """The Conv / Gemm / MatMul node of a PyTorch layer (TorchScript naming), if exactly one."""
+    hits = [
+        n
+        for n in model.graph.node
+        if n.op_type in _WEIGHTED_OPS
+        and (f"/{layer}/" in f"{n.name}/" or n.name.startswith(f"{layer}/"))
+    ]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _tensor_overrides(
+    model: Any, qparams: dict[str, dict[str, Any]]
+) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """ONNX Runtime ``TensorQuantOverrides`` for torchslim's layer grids; also the layers not found."""
+    from onnx import helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    missing = []
+    for layer, entry in qparams.items():
+        node = _layer_node(model, layer)
+        if node is None or len(node.input) < 2 or node.input[1] not in initializers:
+            missing.append(layer)
+            continue
+        weight = entry["weight"]
+        if weight["axis"] is None:
+            overrides[node.input[1]] = [
+                {
+                    "scale": weight["scale"].reshape(()),
+                    "zero_point": weight["zero_point"].reshape(()),
+                }
+            ]
+        else:
+            axis = 0
+            if node.op_type == "Gemm":
+                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                axis = 0 if attrs.get("transB", 0) else 1
+            elif node.op_type == "MatMul":
+                axis = 1  # MatMul weights are stored (in, out)
+            overrides[node.input[1]] = [
+                {"axis": axis, "scale": s.reshape(()), "zero_point": z.reshape(())}
+                for s, z in zip(weight["scale"], weight["zero_point"], strict=True)
+            ]
+        if entry["input"] is None:
+            continue
+        tensor = node.input[0]
+        # shape (1,): ONNX Runtime squeezes them and wants arrays back, not numpy scalars
+        params = {
+            "scale": entry["input"]["scale"].reshape(1),
+            "zero_point": entry["input"]["zero_point"].reshape(1),
+        }
+        overrides[tensor] = [dict(params)]
+        # MaxPool / Flatten share their input's grid in ONNX Runtime's QDQ graph.
+        producer = producers.get(tensor)
+        while producer is not None and producer.op_type in _PASS_THROUGH:
+            tensor = producer.input[0]
+            if tensor in initializers:
+                break
+            overrides[tensor] = [dict(params)]
+            producer = producers.get(tensor)
+    return overrides, missing
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     path: str | Path,
@@ -224,6 +342,7 @@ def quantize_onnx(
     calibrate_method: str = "minmax",
     keep_float: Sequence[str] = (),
     preprocess: bool = True,
+    qparams: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Quantize an fp32 ONNX file with ONNX Runtime's quantizer.
 
@@ -237,6 +356,8 @@ def quantize_onnx(
         calibrate_method: ``minmax``, ``percentile`` or ``entropy`` (ONNX Runtime's calibrators).
         keep_float: PyTorch layer names to leave in float.
         preprocess: run ONNX Runtime's pre-processing (shape inference, graph optimization).
+        qparams: fixed grids per PyTorch layer (:func:`layer_qparams`, ``static``): these
+            weights and layer inputs use them instead of ONNX Runtime's own calibration.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -276,6 +397,20 @@ def quantize_onnx(
             onnx.save(model, str(source))
         exclude = _excluded_nodes(model, keep_float)
         names = [i.name for i in model.graph.input]
+        extra: dict[str, Any] = {}
+        if mode == "static" and qparams:
+            overrides, missing = _tensor_overrides(model, qparams)
+            if missing:
+                warnings.warn(
+                    f"no ONNX node found for quantized layer(s) {', '.join(missing)}; ONNX Runtime "
+                    "calibrates them itself",
+                    stacklevel=2,
+                )
+            extra = {
+                "TensorQuantOverrides": overrides,
+                # keep our weight scales exactly (no widening for the int32 bias)
+                "QDQDisableWeightAdjustForInt32Bias": True,
+            }
         with atomic_path(path) as out:
             if mode == "static":
                 quantize_static(
@@ -290,6 +425,7 @@ def quantize_onnx(
                     weight_type=QuantType.QInt8,
                     calibrate_method=methods[calibrate_method],
                     nodes_to_exclude=exclude,
+                    extra_options=extra,
                 )
             else:
                 quantize_dynamic(
@@ -366,13 +502,21 @@ def export_ort_int8(
     path: str | Path,
     mode: str = "static",
     calibration_batches: int = 8,
+    carry_scales: bool = True,
     **options: Any,
 ) -> OrtModule:
     """Export a (possibly fake-quantized) model to an ONNX Runtime int8 file and load it.
 
     Static mode calibrates on ``calibration_batches`` batches of the task's training
     data. ``options`` go to :func:`quantize_onnx` (``per_channel``, ``keep_float``, ...).
+
+    With ``carry_scales`` (default), a fake-quantized model (static PTQ, QAT) keeps
+    its own grids in the int8 graph: its weight and input scales / zero points
+    (calibrated or learned) replace ONNX Runtime's calibration for those tensors,
+    and Conv / Linear layers that the simulation left in float stay float. Set it
+    False to let ONNX Runtime calibrate every tensor itself.
     """
+    from torchslim.techniques.fake_quant import WEIGHT_TYPES, QuantizedLayer
     from torchslim.techniques.quantization import calibration_inputs
 
     batches = (
@@ -380,9 +524,20 @@ def export_ort_int8(
         if mode == "static"
         else None
     )
+    qparams = layer_qparams(model) if carry_scales and mode == "static" else {}
+    if qparams:
+        wrapped = [n for n, m in model.named_modules() if isinstance(m, QuantizedLayer)]
+        floats = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, WEIGHT_TYPES)
+            and not any(name == f"{w}.module" or name.startswith(f"{w}.") for w in wrapped)
+        ]
+        floats += [n for n in wrapped if n not in qparams]  # disabled wrappers run float
+        options["keep_float"] = list(dict.fromkeys([*options.get("keep_float", ()), *floats]))
     with tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as tmp:
         fp32 = export_onnx(model, task.inputs(2), Path(tmp) / "fp32.onnx")
-        quantize_onnx(fp32, path, mode=mode, calibration=batches, **options)
+        quantize_onnx(fp32, path, mode=mode, calibration=batches, qparams=qparams, **options)
     return OrtModule(path)
 
 

@@ -7,7 +7,8 @@ what int8 / low-bit kernels would compute. The deployed artifacts are made by
 
 Mixed precision: ``layer_bits=(("features.0", 8), ("re:classifier.*", 4), ("Conv1d", 6))``
 sets weight bits per layer by name, ``re:`` pattern or type (the last match wins);
-``scope.exclude`` keeps layers in float.
+``layer_act_bits`` does the same for the bits of each layer's input activation
+(static PTQ and QAT); ``scope.exclude`` keeps layers in float.
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ _WEIGHT_OBSERVERS = ("minmax", "mse", "percentile")
 RNN_TYPES: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU)
 
 
-def _check_layer_bits(layer_bits_: Any) -> None:
+def _check_layer_bits(layer_bits_: Any, field_name: str = "layer_bits") -> None:
     for item in layer_bits_:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
             raise ConfigError(
-                f"layer_bits entries are (layer name / 're:pattern' / type, bits) pairs, got {item!r}"
+                f"{field_name} entries are (layer name / 're:pattern' / type, bits) pairs, "
+                f"got {item!r}"
             )
-        check_bits(item[1], f"layer_bits for {item[0]!r}")
+        check_bits(item[1], f"{field_name} for {item[0]!r}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class _WeightQuantFields(TechniqueConfig):
 @dataclass(frozen=True)
 class _StaticFields(_WeightQuantFields):
     act_bits: int = 8
+    layer_act_bits: tuple[tuple[str, int], ...] = ()
     act_symmetric: bool = False
     act_observer: str = "moving_average"
     calibration_batches: int = 8
@@ -94,6 +97,7 @@ class _StaticFields(_WeightQuantFields):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_bits(self.act_bits, "act_bits")
+        _check_layer_bits(self.layer_act_bits, "layer_act_bits")
         if self.act_observer not in OBSERVERS:
             raise ConfigError(
                 f"act_observer {self.act_observer!r} is unknown; use one of {', '.join(OBSERVERS)}"
@@ -144,6 +148,11 @@ class QAT(_StaticFields):
         learn_scales: learn the step sizes (LSQ) instead of following observers.
         freeze_observers_after: epoch after which activation ranges stop moving (None: never).
         freeze_bn_after: epoch after which BatchNorm statistics are frozen (with ``fold_bn=False``).
+        distill: train by knowledge distillation from the float model (Hinton KD plus the
+            task loss) instead of the task loss alone. The teacher is the apply context's
+            ``teacher`` when one is given (a recipe's uncompressed model), else the float
+            model as it was before quantization.
+        temperature, alpha: the KD settings (``alpha`` weighs the soft term).
     """
 
     name = "qat"
@@ -152,9 +161,15 @@ class QAT(_StaticFields):
     learn_scales: bool = False
     freeze_observers_after: int | None = None
     freeze_bn_after: int | None = None
+    distill: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.7
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from torchslim.techniques.distillation import check_kd_args
+
+        check_kd_args(self.temperature, self.alpha)
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1 for QAT, got {self.epochs}")
         check_lr(self.name, self.lr, optional=False)
@@ -193,8 +208,9 @@ def _select(
 ) -> list[tuple[str, nn.Module]]:
     """Layers in scope; layers in scope that no backend quantizes are reported and skipped."""
     config.scope.check_known(model)
-    if config.layer_bits:
-        Scope(include=tuple(entry for entry, _ in config.layer_bits)).check_known(model)
+    for overrides in (config.layer_bits, getattr(config, "layer_act_bits", ())):
+        if overrides:
+            Scope(include=tuple(entry for entry, _ in overrides)).check_known(model)
     chosen = config.scope.select(model, supported)
     chosen_names = {name for name, _ in chosen}
     skipped: dict[str, str] = {}
@@ -246,8 +262,9 @@ def _wrap(
             input_quant = ActQuantizer(8, symmetric=False, dynamic=True)
         elif activations == "static":
             assert isinstance(config, _StaticFields)
+            act_bits = layer_bits(name, module, config.act_bits, config.layer_act_bits)
             input_quant = ActQuantizer(
-                config.act_bits, config.act_symmetric, config.act_observer, config.percentile
+                act_bits, config.act_symmetric, config.act_observer, config.percentile
             )
         wrapper = QuantizedLayer(module, weight_quant, input_quant)
         set_module(model, name, wrapper)
@@ -527,9 +544,26 @@ def _qat(model: nn.Module, config: QAT, context: ApplyContext) -> nn.Module:
             frozen_bn.extend(bn.register_forward_pre_hook(freeze_bn) for bn in norms)
 
     after_step(model, 0)
-    result = task.fit(
-        model, epochs=config.epochs, lr=config.lr, after_step=after_step, description="qat"
-    )
+    teacher_note = None
+    if config.distill:
+        from torchslim.techniques.distillation import distill
+
+        teacher = context.teacher if context.teacher is not None else reference
+        teacher_note = "context teacher" if context.teacher is not None else "float model"
+        result = distill(
+            model,
+            teacher,
+            task,
+            epochs=config.epochs,
+            lr=config.lr,
+            temperature=config.temperature,
+            alpha=config.alpha,
+            after_step=after_step,
+        )
+    else:
+        result = task.fit(
+            model, epochs=config.epochs, lr=config.lr, after_step=after_step, description="qat"
+        )
     for handle in frozen_bn:
         handle.remove()
     for quantizer in acts:
@@ -547,6 +581,7 @@ def _qat(model: nn.Module, config: QAT, context: ApplyContext) -> nn.Module:
         sqnr_db=table,
         train_seconds=round(result.seconds, 3),
         final_loss=result.final_loss,
+        distilled_from=teacher_note,
     )
     return model.eval()
 
