@@ -22,7 +22,13 @@ import torchslim as ts
 from torchslim.checkpoint import write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_TASKS = ["mnist1d-cnn", "digits-mlp", "digits32-vgg", "digits32-resnet", "digits32-mobilenet"]
+DEFAULT_TASKS = [
+    "mnist1d-cnn",
+    "digits-mlp",
+    "digits32-vgg",
+    "digits32-resnet",
+    "digits32-mobilenet",
+]
 
 
 def main() -> None:
@@ -49,7 +55,10 @@ def main() -> None:
         )
         print(f"{name}: {footprint.metric:.4f} {footprint.params} params {footprint.macs} MACs")
     payload = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": torch.get_num_threads(),
+        },
         "torch": torch.__version__,
         "rows": rows,
     }

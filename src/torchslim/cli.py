@@ -46,9 +46,23 @@ EXAMPLES = {
 }
 
 
+_HF_OPTIONS = ("model_dir", "texts", "pairs", "data", "seq_len", "batch_sizes")
+
+
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="data folder for tasks that read files (e.g. cifar10-vgg)"
+    )
+    hf = parser.add_argument_group("transformer tasks (text-embedding, text-classification)")
+    hf.add_argument("--model-dir", help="local Hugging Face / sentence-transformers model folder")
+    hf.add_argument("--texts", help="texts file, one per line (default: the built-in set)")
+    hf.add_argument("--pairs", help="sentence1,sentence2,score file: adds Spearman")
+    hf.add_argument("--data", help="text,label .csv or .jsonl (text-classification)")
+    hf.add_argument("--seq-len", type=int, help="tokens per input (default 128)")
+    hf.add_argument(
+        "--batch-sizes",
+        type=lambda text: [int(v) for v in text.split(",")],
+        help="latency batch sizes, comma-separated (default 1,32)",
     )
 
 
@@ -181,7 +195,28 @@ def build_parser() -> argparse.ArgumentParser:
     limit.add_argument("--time-limit", type=float, help="seconds for the search")
     optimize.add_argument("--storage", help="sqlite:///study.db or any SQLAlchemy URL")
     optimize.add_argument("--study", help="study name (shared by workers; resumable)")
-    optimize.add_argument("--recovery-epochs", type=int, help="fine-tuning epochs after pruning")
+    optimize.add_argument(
+        "--recovery-epochs",
+        type=int,
+        help="recovery epochs after pruning (default: half the task's epochs, at most 20)",
+    )
+    optimize.add_argument(
+        "--recovery",
+        default="distill",
+        choices=("distill", "finetune"),
+        help="recovery after pruning: distillation from the baseline (default) or fine-tuning",
+    )
+    optimize.add_argument(
+        "--margin",
+        type=float,
+        default=0.25,
+        help="fraction of the budget held back on the val split (default 0.25)",
+    )
+    optimize.add_argument(
+        "--sensitivity-epochs",
+        type=int,
+        help="recovery epochs before each sensitivity point (default 1; 0: none)",
+    )
     optimize.add_argument("--single-objective", action="store_true", help="TPE on the objective")
     optimize.add_argument("--out", default="out/optimize", help="output folder")
     optimize.add_argument("--no-latency", action="store_true", help="do not time the final model")
@@ -263,7 +298,12 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
             )
         task = tasks.get(task_ref, data_dir=args.data_dir)
         pruned = bool(spec.get("structure"))  # channel-pruned: rebuild from the recorded shapes
-        model, _ = load_checkpoint(target, model=None if pruned else task.build_model())
+        if "hf" in spec:  # a transformer artifact: rebuilt from its own spec
+            from torchslim.hf.loading import load_artifact
+
+            model, _ = load_artifact(target)
+        else:
+            model, _ = load_checkpoint(target, model=None if pruned else task.build_model())
         name, io = target.name, existing_file_io(target, model)
     else:
         task = tasks.get(args.target, data_dir=args.data_dir)
@@ -428,6 +468,9 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         study=args.study,
         out=args.out,
         recovery_epochs=args.recovery_epochs,
+        recovery=args.recovery,
+        margin=args.margin,
+        sensitivity_epochs=args.sensitivity_epochs,
         multi_objective=not args.single_objective,
         latency=not args.no_latency,
     )
@@ -479,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping
     try:
+        if hasattr(args, "model_dir"):  # options of the transformer tasks
+            from torchslim import tasks as task_registry
+
+            task_registry.set_task_options(**{k: getattr(args, k, None) for k in _HF_OPTIONS})
         return int(args.handler(args, console) or 0)
     except TorchslimError as exc:
         if args.verbose:

@@ -266,6 +266,7 @@ def _torch_eager(model: nn.Module, example_inputs: Any) -> Runner:
 LAZY_RUNTIMES = {
     "onnxruntime": "torchslim.export.onnx",
     "inductor": "torchslim.export.torchao_int8",
+    "onnxruntime-hf": "torchslim.hf.export",  # transformer encoders (keyword inputs)
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,15 +137,85 @@ def list_tasks() -> list[TaskEntry]:
     return list(TASKS.values())
 
 
-def get(name: str, data_dir: str | None = None) -> Task:
+# Options of tasks that read a model folder (text-embedding, text-classification): set by
+# the CLI (--model-dir, --texts, --pairs, --data, --seq-len, --batch-sizes) or given to get().
+OPTION_TASKS: dict[str, Callable[..., Task]] = {}
+TASK_OPTIONS: dict[str, Any] = {}
+
+
+def _hf_task(kind: str) -> Callable[..., Task]:
+    def build(data_dir: str | None = None, **options: Any) -> Task:
+        from torchslim.hf.loading import require_transformers
+
+        require_transformers()
+        from torchslim.hf import tasks as hf_tasks
+
+        options = {k: v for k, v in options.items() if v is not None}
+        if not options.get("model_dir"):
+            raise TaskError(
+                f"task {kind!r} needs --model-dir DIR (a local Hugging Face model folder)"
+            )
+        if "batch_sizes" in options:
+            options["batch_sizes"] = tuple(options["batch_sizes"])
+        if kind == "text-embedding":
+            allowed = ("model_dir", "texts", "pairs", "seq_len", "batch_sizes", "holdout")
+            builder = hf_tasks.text_embedding_task
+        else:
+            allowed = ("model_dir", "data", "seq_len", "batch_sizes")
+            builder = hf_tasks.text_classification_task
+            if not options.get("data"):
+                raise TaskError("task 'text-classification' needs --data FILE.csv or FILE.jsonl")
+        return builder(**{k: v for k, v in options.items() if k in allowed})
+
+    return build
+
+
+for _kind, _text in (
+    (
+        "text-embedding",
+        "sentence-embedding model folder (--model-dir) vs its original: cosine fidelity",
+    ),
+    (
+        "text-classification",
+        "Hugging Face classifier folder (--model-dir) on --data text,label: accuracy",
+    ),
+):
+    TASKS[_kind] = TaskEntry(_kind, _hf_task(_kind), _text)
+    OPTION_TASKS[_kind] = TASKS[_kind].build
+
+
+def set_task_options(**options: Any) -> None:
+    """Options for option-taking tasks (the CLI's --model-dir, --texts, ...)."""
+    TASK_OPTIONS.clear()
+    TASK_OPTIONS.update({k: v for k, v in options.items() if v is not None})
+
+
+def _split_options(name: str) -> tuple[str, dict[str, Any]]:
+    """``text-embedding{"model_dir": ...}`` (a task's source) -> name and options."""
+    brace = name.find("{")
+    if brace > 0 and name[:brace] in OPTION_TASKS:
+        try:
+            return name[:brace], json.loads(name[brace:])
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"task reference {name!r} has malformed options ({exc.msg})") from exc
+    return name, {}
+
+
+def get(name: str, data_dir: str | None = None, **options: Any) -> Task:
     """A task by built-in name or as ``path/to/file.py:function``.
+
+    ``options`` go to tasks that take them (``text-embedding``: model_dir, texts, pairs,
+    seq_len, batch_sizes; ``text-classification``: model_dir, data, seq_len, batch_sizes).
 
     Raises:
         TaskError: unknown name, missing file or function, or a function that does
             not return a Task.
     """
-    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+    if ":" in name and name.split(":", 1)[0].endswith(".py") and "{" not in name:
         return _load_user_task(name, data_dir)
+    name, embedded = _split_options(name)
+    if name in OPTION_TASKS:
+        return OPTION_TASKS[name](data_dir=data_dir, **{**embedded, **TASK_OPTIONS, **options})
     if name not in TASKS:
         raise TaskError(
             f"unknown task {name!r}; use one of {', '.join(sorted(TASKS))} "

@@ -26,6 +26,13 @@ from torchslim.techniques.base import (
     register_handler,
 )
 
+# Transformer-encoder techniques (linear_int8, embedding_quant, head_pruning, ffn_pruning,
+# layer_drop, embedding_distill); these modules import `transformers` only when used.
+from torchslim.hf import distill as _hf_distill  # noqa: E402, F401
+from torchslim.hf import layerdrop as _hf_layerdrop  # noqa: E402, F401
+from torchslim.hf import quant as _hf_quant  # noqa: E402, F401
+from torchslim.hf import structure as _hf_structure  # noqa: E402, F401
+
 __all__ = [
     "CONFIGS",
     "HANDLERS",

@@ -1,0 +1,289 @@
+"""ONNX export of transformer encoders, ONNX Runtime int8, parity checks.
+
+* :func:`export_onnx` writes an ONNX graph with inputs ``input_ids``, ``attention_mask``
+  (and ``token_type_ids`` when the model uses them), dynamic ``batch`` and ``sequence``
+  axes, and one output (``embeddings`` or ``logits``). :class:`~torchslim.hf.quant.Int8Linear`
+  layers are exported as float MatMuls holding their dequantized weights (ONNX Runtime's
+  dynamic quantizer turns them back into the same per-channel int8 grid);
+  :class:`~torchslim.hf.quant.QuantEmbedding` tables stay packed (Gather on uint8 codes).
+* :func:`export_ort_int8` -- fp32 export, then ``quantize_dynamic(per_channel=True)`` of the
+  MatMuls (``quantize_gather=True`` also quantizes float embedding tables to 8 bits, as
+  ONNX Runtime's default does).
+* :func:`ort_default_int8` -- ONNX Runtime's default dynamic int8 of an fp32 file (the peer).
+* :class:`OrtEncoder` runs an ``.onnx`` file behind the model's keyword interface, so the
+  tasks' metrics run on the deployed artifact.
+
+Exporting never changes the user's model: the exporter works on a deep copy (put in eval
+mode), and the modes of every submodule of the original are checked and restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchslim.checkpoint import atomic_path
+from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.measure import register_runtime
+
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+DEFAULT_OPSET = 17
+
+
+@contextmanager
+def modes_preserved(model: nn.Module) -> Iterator[None]:
+    """Restore the ``training`` flag of every submodule of ``model`` on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def export_copy(model: nn.Module, float_linears: bool = True) -> nn.Module:
+    """An eval-mode copy for export: int8 Linear layers back to float, embeddings kept packed."""
+    from torchslim.hf.quant import Int8Linear
+    from torchslim.techniques.fake_quant import set_module
+
+    with modes_preserved(model):
+        plain = copy.deepcopy(model)
+    if float_linears:
+        for name, module in list(plain.named_modules()):
+            if isinstance(module, Int8Linear):
+                set_module(plain, name, module.to_float())
+    return plain.eval()
+
+
+def _ordered_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
+    if not isinstance(inputs, dict) or "input_ids" not in inputs:
+        raise ConfigError(
+            "transformer export needs dict inputs with input_ids and attention_mask "
+            "(e.g. task.inputs(2))"
+        )
+    names = [n for n in INPUT_ORDER if n in inputs]
+    if "token_type_ids" in names and not getattr(model, "uses_token_types", True):
+        names.remove("token_type_ids")
+    return names
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: dict[str, torch.Tensor],
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export an encoder / classifier to fp32 ONNX with dynamic batch and sequence axes.
+
+    Raises:
+        UnsupportedError: the exporter cannot translate an operator (named in the message).
+    """
+    names = _ordered_inputs(model, example_inputs)
+    output = "embeddings" if type(model).__name__ == "SentenceEncoder" else "logits"
+    args = tuple(example_inputs[n] for n in names)
+    plain = export_copy(model)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[output] = {0: "batch"}
+    path = Path(path)
+    with (
+        modes_preserved(model),
+        atomic_path(path) as tmp,
+        warnings.catch_warnings(),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                plain,
+                args,
+                str(tmp),
+                dynamo=False,
+                input_names=names,
+                output_names=[output],
+                dynamic_axes=axes,
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - exporters raise many types
+            first = (
+                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            )
+            raise UnsupportedError(
+                f"ONNX export of {type(model).__name__} failed ({first}); keep this model on "
+                "the torch runtime"
+            ) from exc
+    return path
+
+
+def quantize_dynamic_int8(
+    fp32_path: str | Path, path: str | Path, quantize_gather: bool = False, per_channel: bool = True
+) -> Path:
+    """ONNX Runtime dynamic int8 (per-channel weights) of the MatMuls (and float Gathers)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    from torchslim.export.onnx import _gemm_to_matmul
+
+    logging.getLogger("root").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
+        source = Path(tmp) / "source.onnx"
+        quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
+        model = _gemm_to_matmul(onnx.load(str(source)))
+        onnx.save(model, str(source))
+        with atomic_path(path) as out:
+            quantize_dynamic(
+                str(source),
+                str(out),
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gather"] if quantize_gather else ["MatMul"],
+            )
+    return Path(path)
+
+
+def ort_default_int8(fp32_path: str | Path, path: str | Path) -> Path:
+    """ONNX Runtime's default dynamic int8 (per-channel) of an fp32 file: the peer reference."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger("root").setLevel(logging.ERROR)
+    with atomic_path(path) as out:
+        quantize_dynamic(str(fp32_path), str(out), per_channel=True, weight_type=QuantType.QInt8)
+    return Path(path)
+
+
+def export_ort_int8(
+    model: nn.Module,
+    example_inputs: dict[str, torch.Tensor],
+    path: str | Path,
+    quantize_gather: bool = False,
+) -> Path:
+    """Export to ONNX and quantize the MatMuls to int8 (per-channel) for ONNX Runtime."""
+    with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
+        fp32 = export_onnx(model, example_inputs, Path(tmp) / "fp32.onnx")
+        return quantize_dynamic_int8(fp32, path, quantize_gather=quantize_gather)
+
+
+def quantize_nbits(
+    fp32_path: str | Path,
+    path: str | Path,
+    bits: int = 8,
+    block_size: int = 32,
+    accuracy_level: int = 4,
+    symmetric: bool = True,
+    quantize_gather: bool = False,
+) -> Path:
+    """ONNX Runtime block-wise weight quantization (``MatMulNBits``) of the MatMuls.
+
+    Weights get one scale per ``block_size`` input values (``bits`` 4 or 8); with
+    ``accuracy_level=4`` ONNX Runtime also quantizes each activation block to int8 at run time
+    (block-wise, so outlier channels cost far less precision than a per-tensor scale).
+    ``quantize_gather`` quantizes float embedding Gathers block-wise too (``GatherBlockQuantized``).
+    """
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    if bits not in (4, 8):
+        raise ConfigError(f"MatMulNBits bits must be 4 or 8, got {bits}")
+    logging.getLogger("root").setLevel(logging.ERROR)
+    logging.getLogger(nbits.__name__).setLevel(logging.ERROR)
+    config = nbits.DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=symmetric,
+        accuracy_level=accuracy_level,
+        bits=bits,
+        op_types_to_quantize=("MatMul", "Gather") if quantize_gather else ("MatMul",),
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quantizer = nbits.MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config)
+    quantizer.process()
+    with atomic_path(path) as out:
+        quantizer.model.save_model_to_file(str(out), False)
+    return Path(path)
+
+
+def export_ort_nbits(
+    model: nn.Module,
+    example_inputs: dict[str, torch.Tensor],
+    path: str | Path,
+    **options: Any,
+) -> Path:
+    """Export to ONNX, then :func:`quantize_nbits` (options: bits, block_size, ...)."""
+    with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
+        fp32 = export_onnx(model, example_inputs, Path(tmp) / "fp32.onnx")
+        return quantize_nbits(fp32, path, **options)
+
+
+class OrtEncoder(nn.Module):
+    """An exported encoder / classifier run by ONNX Runtime, called like the torch model."""
+
+    def __init__(self, model: str | Path | bytes, threads: int = 1) -> None:
+        from torchslim.export.onnx import ort_session
+
+        super().__init__()
+        self.model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
+        self.threads = threads
+        self.session = ort_session(self.model_bytes, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OrtEncoder:
+        return OrtEncoder(self.model_bytes, self.threads)
+
+    def with_threads(self, threads: int) -> OrtEncoder:
+        return OrtEncoder(self.model_bytes, threads)
+
+    def feeds(self, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {n: inputs[n].detach().cpu().numpy().astype(np.int64) for n in self.input_names}
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        elif "token_type_ids" in self.input_names:
+            inputs["token_type_ids"] = torch.zeros_like(input_ids)
+        return torch.from_numpy(self.session.run(None, self.feeds(inputs))[0])
+
+
+@torch.no_grad()
+def parity(model: nn.Module, onnx_model: OrtEncoder, inputs: dict[str, torch.Tensor]) -> float:
+    """Max absolute difference between the torch model and the ONNX model on ``inputs``."""
+    from torchslim.task import call_model
+
+    with modes_preserved(model):
+        model.eval()
+        expected = call_model(model, inputs)
+    return float((onnx_model(**inputs) - expected).abs().max())
+
+
+@register_runtime("onnxruntime-hf")
+def _onnxruntime_hf(model: nn.Module, example_inputs: Any) -> Any:
+    """Time a transformer on ONNX Runtime: an OrtEncoder as is, a torch model exported to fp32."""
+    threads = torch.get_num_threads()
+    if isinstance(model, OrtEncoder):
+        module = model.with_threads(threads)
+    else:
+        with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
+            module = OrtEncoder(export_onnx(model, example_inputs, Path(tmp) / "m.onnx"), threads)
+    session = module.session
+    example_feeds = module.feeds(example_inputs)
+
+    def run(inputs: Any) -> Any:
+        return session.run(
+            None, example_feeds if inputs is example_inputs else module.feeds(inputs)
+        )
+
+    return run
