@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -107,6 +109,25 @@ def test_global_mode_removes_the_ratio_of_all_channels():
     assert pruned(IMAGE).shape == (1, 10)
 
 
+def test_macs_mode_cuts_compute_heavy_layers_first():
+    model = tiny_vgg()
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    uniform = apply(model, ChannelPruning(ratio=0.4, importance="l2"))
+    context = ApplyContext()
+    per_mac = apply(model, ChannelPruning(ratio=0.4, importance="l2", mode="macs"), context=context)
+    before = [m.out_channels for m in convs] + [model.classifier[1].out_features]
+    after = [m.out_channels for m in per_mac.features if isinstance(m, nn.Conv2d)]
+    after.append(per_mac.classifier[1].out_features)
+    # 40% of all 512 prunable channels go, none of a group beyond max_ratio = 75%
+    assert sum(before) - sum(after) == int(0.4 * sum(before)) == 204
+    assert all(kept >= width - int(0.75 * width) for kept, width in zip(after, before, strict=True))
+    # a first-stage channel (32x32 pixels) costs more MACs than a last-stage one (4x4)
+    assert after[0] / before[0] < after[7] / before[7]
+    base, macs = count_macs(model, IMAGE).macs, count_macs(per_mac, IMAGE).macs
+    assert base / macs > base / count_macs(uniform, IMAGE).macs  # more MACs saved per channel
+    assert per_mac(IMAGE).shape == (1, 10)
+
+
 def test_bn_scale_importance_removes_channels_with_zero_gamma():
     model = tiny_vgg()
     with torch.no_grad():
@@ -151,6 +172,80 @@ def test_depthwise_and_transformer_encoder():
     assert layer.linear1.out_features == 32  # FFN neurons
     assert layer.self_attn.embed_dim == 16 and layer.self_attn.num_heads == 4
     assert small(torch.randn(2, 5, 6)).shape == (2, 3)
+
+
+class TinyEncoder(nn.Module):
+    """Linear embedding, a 2-layer nn.TransformerEncoder (width 32, 4 heads, FFN 64), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(6, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 3)
+        self.input_shape = (5, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def encoder_params(width: int, heads: int, head_dim: int, ffn: int, layers: int = 2) -> int:
+    """Parameters of TinyEncoder after pruning, counted by hand."""
+    inner = heads * head_dim
+    attention = 3 * (width * inner + inner) + inner * width + width
+    layer = attention + 2 * 2 * width + (width * ffn + ffn) + (ffn * width + width)
+    return 6 * width + width + layers * layer + width * 3 + 3
+
+
+def test_attention_heads_are_removed_and_the_encoder_stays_consistent():
+    model = TinyEncoder().eval()
+    assert count_parameters(model) == encoder_params(32, 4, 8, 64) == 17_411
+    with torch.no_grad():  # heads 1 and 3 of every layer contribute nothing
+        for layer in model.encoder.layers:
+            attention = layer.self_attn
+            for head in (1, 3):
+                rows = [part * 32 + head * 8 + i for part in range(3) for i in range(8)]
+                attention.in_proj_weight[rows] = 0.0
+                attention.in_proj_bias[rows] = 0.0
+                attention.out_proj.weight[:, head * 8 : (head + 1) * 8] = 0.0
+    tokens = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(1))
+    context = ApplyContext()
+    heads_only = apply(model, ChannelPruning(ratio=0.0, head_ratio=0.5), context=context)
+    for layer in heads_only.encoder.layers:
+        assert layer.self_attn.num_heads == 2 and layer.self_attn.head_dim == 8
+    assert context.notes["pruning"][0]["heads"][0] == {
+        "layer": "encoder.layers.0.self_attn",
+        "heads_before": 4,
+        "heads_after": 2,
+    }
+    # the two dead heads went (not two live ones): the outputs are unchanged
+    torch.testing.assert_close(heads_only(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+    assert count_parameters(model) - count_parameters(heads_only) == 2 * 2 * (
+        3 * (8 * 32 + 8) + 8 * 32
+    )
+    assert model.encoder.layers[0].self_attn.num_heads == 4  # the input is not modified
+
+    # embedding width, FFN neurons and heads together; the checkpoint spec rebuilds it
+    both = apply(model, ChannelPruning(ratio=0.5, head_ratio=0.5))
+    layer = both.encoder.layers[1]
+    assert layer.linear1.out_features == 32 and layer.norm1.normalized_shape == (16,)
+    assert (layer.self_attn.embed_dim, layer.self_attn.num_heads) == (16, 2)
+    assert count_parameters(both) == encoder_params(16, 2, 4, 32) == 3_539
+    assert both(tokens).shape == (4, 3)
+    from torchslim.structure import apply_structure, structure_diff
+
+    spec = json.loads(json.dumps(structure_diff(both, TinyEncoder())))
+    assert spec["encoder.layers.0.self_attn"]["num_heads"] == 2
+    rebuilt = apply_structure(TinyEncoder(), spec)
+    rebuilt.load_state_dict(both.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(tokens), both(tokens))
+    # pruning again (an iterative schedule) removes heads of the already pruned modules
+    again = apply(both, ChannelPruning(ratio=0.0, head_ratio=0.5))
+    assert again.encoder.layers[0].self_attn.num_heads == 1
+    assert again(tokens).shape == (4, 3)
+    with pytest.raises(ts.ConfigError, match=r"head_ratio must be a number in \[0, 1\)"):
+        ChannelPruning(head_ratio=1.0)
 
 
 def test_ratio_for_macs_hits_the_target():

@@ -172,6 +172,40 @@ def test_schedules_reach_the_target(tiny_task):
     assert agp_sparsity(100, 0.0, 0.8, 0, 100) == 0.8
 
 
+def test_iterative_schedules_run_from_recipe_configs(tiny_task):
+    model = tiny_task.baseline(progress=False)
+    context = ApplyContext(task=tiny_task)
+    step = config_from_dict(
+        {"type": "iterative_channel_pruning", "ratio": 0.5, "steps": 2, "epochs_per_step": 1}
+    )
+    pruned = apply(model, step, task=tiny_task, context=context)
+    # 16 hidden units: 25% after the first step (12), 50% of the original after the second
+    widths = [row["layers"][0]["out_after"] for row in context.notes["pruning"]]
+    assert widths == [12, 8] and pruned[0].out_features == 8 and pruned[2].in_features == 8
+    assert tiny_task.evaluate(pruned) > 0.8
+    assert model[0].out_features == 16  # the input is not modified
+    unstructured = config_from_dict(
+        {
+            "type": "iterative_pruning",
+            "sparsity": 0.7,
+            "mode": "layer",
+            "steps": 3,
+            "epochs_per_step": 1,
+            "ramp": "cubic",
+        }
+    )
+    pruned = apply(model, unstructured, task=tiny_task)
+    assert not any(is_masked(m) for m in pruned.modules())
+    assert sparsity_of(pruned) == {"0": 89 / 128, "2": 33 / 48}
+    assert tiny_task.evaluate(pruned) > 0.8
+    with pytest.raises(ts.ConfigError, match="iterative_pruning.steps must be an int >= 1"):
+        config_from_dict({"type": "iterative_pruning", "steps": 0})
+    with pytest.raises(ts.ConfigError, match="ramp 'exp' is unknown"):
+        config_from_dict({"type": "iterative_channel_pruning", "ramp": "exp"})
+    with pytest.raises(ts.ConfigError, match="needs a task"):
+        apply(model, unstructured)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

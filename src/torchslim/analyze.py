@@ -113,7 +113,7 @@ def analyze_model(model: nn.Module, inputs: Any = None, task: Any = None) -> Ana
         elif name in member_of:
             notes.append(f"channels: follows group {member_of[name]}")
         elif isinstance(module, nn.MultiheadAttention):
-            notes.append("embed dim follows its group; heads are kept")
+            notes.append("embed dim follows its group; heads: channel_pruning head_ratio")
         layers.append(
             LayerReport(
                 name,

@@ -31,8 +31,24 @@ _TYPES: dict[str, type[nn.Module]] = {
 }
 
 
+def _head_pruned() -> type[nn.Module]:
+    from torchslim.techniques.heads import HeadPrunedAttention  # lazy: avoids an import cycle
+
+    return HeadPrunedAttention
+
+
 def describe_module(module: nn.Module) -> dict[str, Any] | None:
     """Constructor arguments of a supported module as JSON values (None if unsupported)."""
+    if isinstance(module, _head_pruned()):
+        return {
+            "type": "HeadPrunedAttention",
+            "embed_dim": module.embed_dim,
+            "num_heads": module.num_heads,
+            "head_dim": module.head_dim,
+            "bias": module.has_bias,
+            "batch_first": module.batch_first,
+            "dropout": module.dropout,
+        }
     kinds = [name for name, cls in _TYPES.items() if isinstance(module, cls)]
     if not kinds:
         return None
@@ -105,6 +121,8 @@ def build_module(description: dict[str, Any]) -> nn.Module:
     """An empty module from :func:`describe_module`'s output."""
     args = dict(description)
     kind = args.pop("type", None)
+    if kind == "HeadPrunedAttention":
+        return _head_pruned()(**args)
     if kind not in _TYPES:
         raise CheckpointError(
             f"checkpoint structure names module type {kind!r}, which cannot be rebuilt; "
@@ -148,9 +166,13 @@ def structure_diff(model: nn.Module, reference: nn.Module) -> dict[str, dict[str
     changed: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
         other = reference_modules.get(name)
-        if not name or other is None or type(other) is not type(module):
+        if not name or other is None:
             continue
         mine, theirs = describe_module(module), describe_module(other)
+        if type(other) is not type(module):
+            if isinstance(module, _head_pruned()):  # head pruning replaced the module
+                changed[name] = mine  # type: ignore[assignment]
+            continue
         if mine is None:
             shapes = [tuple(p.shape) for p in module.parameters(recurse=False)]
             if shapes != [tuple(p.shape) for p in other.parameters(recurse=False)]:

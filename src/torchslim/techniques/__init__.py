@@ -1,6 +1,12 @@
 """Compression techniques: configs + handlers behind one ``apply``."""
 
 # Importing the technique modules registers their configs and handlers.
+# Transformer-encoder techniques (linear_int8, embedding_quant, head_pruning, ffn_pruning,
+# layer_drop, embedding_distill); these modules import `transformers` only when used.
+from torchslim.hf import distill as _hf_distill  # noqa: E402, F401
+from torchslim.hf import layerdrop as _hf_layerdrop  # noqa: E402, F401
+from torchslim.hf import quant as _hf_quant  # noqa: E402, F401
+from torchslim.hf import structure as _hf_structure  # noqa: E402, F401
 from torchslim.techniques import (  # noqa: F401
     channels,
     codebook,
@@ -25,13 +31,6 @@ from torchslim.techniques.base import (
     register_config,
     register_handler,
 )
-
-# Transformer-encoder techniques (linear_int8, embedding_quant, head_pruning, ffn_pruning,
-# layer_drop, embedding_distill); these modules import `transformers` only when used.
-from torchslim.hf import distill as _hf_distill  # noqa: E402, F401
-from torchslim.hf import layerdrop as _hf_layerdrop  # noqa: E402, F401
-from torchslim.hf import quant as _hf_quant  # noqa: E402, F401
-from torchslim.hf import structure as _hf_structure  # noqa: E402, F401
 
 __all__ = [
     "CONFIGS",

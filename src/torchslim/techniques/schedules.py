@@ -42,11 +42,11 @@ def _target(config: TechniqueConfig) -> float:
 
 def _prune_to(
     model: nn.Module, config: TechniqueConfig, context: ApplyContext, level: float
-) -> None:
+) -> nn.Module:
+    """The model pruned to ``level``: masked in place, or a narrower copy for channels."""
     if isinstance(config, UnstructuredPruning):
-        prune_unstructured(model, config, context, level)
-    else:
-        prune_channels(model, config, context, level)  # type: ignore[arg-type]
+        return prune_unstructured(model, config, context, level)
+    return prune_channels(model, config, context, level)  # type: ignore[arg-type]
 
 
 def _finish(model: nn.Module, config: TechniqueConfig, permanent: bool) -> nn.Module:
@@ -86,13 +86,25 @@ def iterative(
     lr: float | None = None,
     permanent: bool = True,
     context: ApplyContext | None = None,
+    ramp: str = "linear",
 ) -> nn.Module:
-    """Reach the target in ``steps`` equal increments, fine-tuning between them.
+    """Reach the target in ``steps`` increments, fine-tuning after each.
 
-    Step ``i`` prunes to ``target * i / steps`` of the original weights (or channels).
+    Step ``i`` prunes to ``target * i / steps`` of the original weights (or channels) with
+    ``ramp="linear"``, or to the AGP cubic level ``target * (1 - (1 - i / steps)^3)`` with
+    ``ramp="cubic"`` (large cuts first, while the network is most redundant; the gradual
+    schedule for channel pruning, whose shapes cannot change inside a training loop).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be an int >= 1, got {steps!r}")
+    if ramp not in RAMPS:
+        raise ConfigError(f"ramp {ramp!r} is unknown; use one of {RAMPS}")
+    if (
+        isinstance(epochs_per_step, bool)
+        or not isinstance(epochs_per_step, int)
+        or (epochs_per_step < 0)
+    ):
+        raise ConfigError(f"epochs_per_step must be an int >= 0, got {epochs_per_step!r}")
     if task is None:
         raise ConfigError("iterative pruning fine-tunes between steps and needs task=")
     target = _target(config)
@@ -101,16 +113,21 @@ def iterative(
     pruned = copy.deepcopy(model)
     kept = 1.0
     for step in range(1, steps + 1):
-        level = target * step / steps
+        level = (
+            target * step / steps if ramp == "linear" else agp_sparsity(step, 0.0, target, 0, steps)
+        )
         if isinstance(config, ChannelPruning):  # widths shrink, so ratios are relative
             relative = 1 - (1 - level) / kept
             kept = 1 - level
-            _prune_to(pruned, config, context, max(0.0, min(relative, 0.99)))
+            pruned = _prune_to(pruned, config, context, max(0.0, min(relative, 0.99)))
         else:
-            _prune_to(pruned, config, context, level)
+            pruned = _prune_to(pruned, config, context, level)
         if epochs_per_step:
             task.fit(pruned, epochs=epochs_per_step, lr=lr, progress=False, description="fine-tune")
     return _finish(pruned, config, permanent)
+
+
+RAMPS = ("linear", "cubic")
 
 
 def agp_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
@@ -235,4 +252,122 @@ def _gradual(model: nn.Module, config: GradualPruning, context: ApplyContext) ->
         every=config.every,
         lr=lr,
         context=context,
+    )
+
+
+@register_config
+@dataclass(frozen=True)
+class IterativePruning(TechniqueConfig):
+    """Unstructured pruning in ``steps`` increments with fine-tuning after each (see :func:`iterative`).
+
+    Args:
+        sparsity: final fraction of the selected weights set to zero, in [0, 1).
+        importance: ``magnitude``, ``gradient``, ``taylor`` or ``random``.
+        mode, scope: as in the unstructured pruning configs.
+        steps: pruning increments (1 = one-shot followed by ``epochs_per_step`` of fine-tuning).
+        epochs_per_step: fine-tuning epochs after each increment.
+        ramp: ``linear`` (equal increments) or ``cubic`` (AGP levels: large cuts first).
+        lr: fine-tuning learning rate (None: a tenth of the task's, as ``finetune``).
+    """
+
+    name = "iterative_pruning"
+    family = "pruning"
+    sparsity: float = 0.8
+    importance: str = "magnitude"
+    mode: str = "global"
+    scope: Scope = Scope()
+    steps: int = 3
+    epochs_per_step: int = 2
+    ramp: str = "linear"
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(
+                f"importance {self.importance!r} is unknown; use one of {IMPORTANCES}"
+            )
+        _check_steps(self.name, self.steps, self.epochs_per_step, self.ramp)
+        check_lr(self.name, self.lr)
+        self.target()  # validates sparsity, mode and scope
+
+    def target(self) -> UnstructuredPruning:
+        """The unstructured config each step prunes with."""
+        return CONFIGS[f"{self.importance}_pruning"](
+            sparsity=self.sparsity, mode=self.mode, scope=self.scope
+        )
+
+
+@register_config
+@dataclass(frozen=True)
+class IterativeChannelPruning(TechniqueConfig):
+    """Structured channel pruning in ``steps`` increments with fine-tuning after each.
+
+    The fields up to ``max_ratio`` are :class:`~torchslim.techniques.channels.ChannelPruning`'s
+    (``ratio`` is the final fraction of channels removed); ``ramp="cubic"`` is the gradual
+    (AGP-like) schedule for channels. See :func:`iterative`.
+    """
+
+    name = "iterative_channel_pruning"
+    family = "pruning"
+    ratio: float = 0.5
+    importance: str = "l2"
+    mode: str = "layer"
+    layer_ratios: tuple[tuple[str, float], ...] = ()
+    round_to: int | None = None
+    scope: Scope = Scope()
+    keep_classifier: bool = True
+    batches: int = 8
+    head_ratio: float = 0.0
+    max_ratio: float = 0.75
+    steps: int = 3
+    epochs_per_step: int = 2
+    ramp: str = "linear"
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_steps(self.name, self.steps, self.epochs_per_step, self.ramp)
+        check_lr(self.name, self.lr)
+        self.target()  # validates the channel-pruning fields
+
+    def target(self) -> ChannelPruning:
+        """The channel-pruning config each step prunes with."""
+        return ChannelPruning(
+            ratio=self.ratio,
+            importance=self.importance,
+            mode=self.mode,
+            layer_ratios=self.layer_ratios,
+            round_to=self.round_to,
+            scope=self.scope,
+            keep_classifier=self.keep_classifier,
+            batches=self.batches,
+            head_ratio=self.head_ratio,
+            max_ratio=self.max_ratio,
+        )
+
+
+def _check_steps(owner: str, steps: Any, epochs_per_step: Any, ramp: Any) -> None:
+    for field_name, value, least in (("steps", steps, 1), ("epochs_per_step", epochs_per_step, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{owner}.{field_name} must be an int >= {least}, got {value!r}")
+    if ramp not in RAMPS:
+        raise ConfigError(f"{owner}.ramp {ramp!r} is unknown; use one of {RAMPS}")
+
+
+@register_handler(IterativePruning)
+@register_handler(IterativeChannelPruning)
+def _iterative(
+    model: nn.Module, config: IterativePruning | IterativeChannelPruning, context: ApplyContext
+) -> nn.Module:
+    if context.task is None:
+        raise ConfigError(f"{config.name} fine-tunes between steps and needs a task; pass task=")
+    lr = config.lr if config.lr is not None else context.task.train_config.lr / 10
+    return iterative(
+        model,
+        config.target(),
+        context.task,
+        steps=config.steps,
+        epochs_per_step=config.epochs_per_step,
+        lr=lr,
+        context=context,
+        ramp=config.ramp,
     )
