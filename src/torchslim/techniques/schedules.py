@@ -152,11 +152,18 @@ def gradual(
     lr: float | None = None,
     permanent: bool = True,
     context: ApplyContext | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    mixup: float = 0.0,
 ) -> nn.Module:
     """Gradual (AGP) pruning: train ``epochs`` while sparsity ramps cubically to the target.
 
     Masks are updated every ``every`` optimizer steps during the first ``ramp_fraction``
-    of training; the rest recovers at the final sparsity.
+    of training; the rest recovers at the final sparsity. With a ``teacher`` (e.g. the
+    unpruned model) the training is knowledge distillation from it (Hinton loss with
+    ``temperature`` / ``alpha``; ``mixup > 0`` distills on mixed inputs, see
+    :func:`~torchslim.techniques.distillation.distill`) instead of the task loss.
     """
     if not isinstance(config, UnstructuredPruning):
         raise UnsupportedError(
@@ -185,7 +192,22 @@ def gradual(
                 level = agp_sparsity(step, initial, config.sparsity, 0, end)
                 prune_unstructured(trained, config, context, level)
 
-    task.fit(pruned, epochs=epochs, lr=lr, after_step=update, progress=False, description="AGP")
+    if teacher is None:
+        task.fit(pruned, epochs=epochs, lr=lr, after_step=update, progress=False, description="AGP")
+    else:
+        from torchslim.techniques.distillation import distill
+
+        distill(
+            pruned,
+            teacher,
+            task,
+            epochs=epochs,
+            lr=lr,
+            temperature=temperature,
+            alpha=alpha,
+            after_step=update,
+            mixup=mixup,
+        )
     prune_unstructured(pruned, config, context, config.sparsity)
     return _finish(pruned, config, permanent)
 
@@ -206,6 +228,9 @@ class GradualPruning(TechniqueConfig):
         ramp_fraction: share of the training over which sparsity ramps (cubic).
         every: optimizer steps between mask updates.
         lr: learning rate (None: a tenth of the task's).
+        distill: train by distillation from the unpruned model (the recipe's teacher when
+            there is one) instead of the task loss; ``temperature``, ``alpha`` (weight of the
+            soft term) and ``mixup`` as in the ``distill`` step.
     """
 
     name = "gradual_pruning"
@@ -218,8 +243,21 @@ class GradualPruning(TechniqueConfig):
     ramp_fraction: float = 0.75
     every: int = 10
     lr: float | None = None
+    distill: bool = False
+    temperature: float = 2.0
+    alpha: float = 0.5
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
+        from torchslim.techniques.distillation import check_kd_args
+
+        check_kd_args(self.temperature, self.alpha)
+        if (
+            isinstance(self.mixup, bool)
+            or not isinstance(self.mixup, (int, float))
+            or self.mixup < 0
+        ):
+            raise ConfigError(f"mixup must be a number >= 0 (0: off), got {self.mixup!r}")
         if self.importance not in IMPORTANCES:
             raise ConfigError(
                 f"importance {self.importance!r} is unknown; use one of {IMPORTANCES}"
@@ -252,6 +290,12 @@ def _gradual(model: nn.Module, config: GradualPruning, context: ApplyContext) ->
         every=config.every,
         lr=lr,
         context=context,
+        teacher=(context.teacher if context.teacher is not None else model)
+        if config.distill
+        else None,
+        temperature=config.temperature,
+        alpha=config.alpha,
+        mixup=config.mixup,
     )
 
 
