@@ -142,6 +142,29 @@ def test_ort_int8_carries_the_learned_qat_scales(mnist1d, tmp_path):
     assert abs(task.evaluate(deployed) - task.evaluate(qat)) <= 0.005
 
 
+def test_pruned_channels_deploy_with_the_simulated_accuracy(mnist1d, tmp_path):
+    """An all-zero (pruned) output channel must not get a degenerate weight scale: ONNX
+    Runtime quantizes the bias with input_scale * weight_scale, and ~1e-12 overflows int32."""
+    import copy
+
+    from torchslim.export.onnx import layer_qparams
+
+    task, base = mnist1d
+    pruned = copy.deepcopy(base)
+    with torch.no_grad():  # prune output channels 3 and 7 of two convs, biases kept
+        for layer in (pruned.features[2], pruned.features[4]):
+            layer.weight[[3, 7]] = 0.0
+    static = apply(pruned, StaticQuant(sqnr_samples=0), task)
+    scales = layer_qparams(static)["features.2"]["weight"]["scale"]
+    assert scales.min() >= 1e-8 and scales[3] == scales.max()
+    deployed = export_ort_int8(static, task, tmp_path / "pruned.onnx")
+    x = _test_inputs(task)
+    with torch.no_grad():
+        simulated = static(x)
+    assert sqnr(simulated, deployed(x)) > 35
+    assert abs(task.evaluate(deployed) - task.evaluate(static)) <= 0.005
+
+
 def test_per_tensor_static_model_deploys_per_tensor_weights(mnist1d, tmp_path):
     task, base = mnist1d
     static = apply(base, StaticQuant(per_channel=False, sqnr_samples=0), task)

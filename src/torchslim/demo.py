@@ -70,10 +70,9 @@ def demo_recipes(quick: bool = False) -> list[Recipe]:
             (
                 "student",
                 {
-                    "model": "mnist1d_cnn",
-                    "model_kwargs": {"channels": 10},
+                    "model": "mnist1d_separable",
                     "epochs": epochs(60),
-                    "temperature": 2.0,
+                    "temperature": 1.0,
                     "alpha": 0.5,
                 },
             ),

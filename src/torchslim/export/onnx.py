@@ -239,6 +239,9 @@ def _int8_grid(
     return scale_np, zp.astype(np.int8)
 
 
+_MIN_WEIGHT_SCALE = 1e-8
+
+
 def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Scales and zero points of each fake-quantized layer, as ONNX Runtime int8 grids.
 
@@ -255,6 +258,13 @@ def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
             continue
         wq = layer.weight_quant
         scale, zp = _int8_grid(wq._scale(layer.module.weight), wq.zero_point, wq.qmax)
+        # An all-zero (pruned) channel gets a degenerate scale (~1e-12): its weights are 0 on
+        # any grid, but ONNX Runtime quantizes the bias with input_scale * weight_scale, and
+        # such a step overflows int32. Give those channels the layer's largest scale.
+        degenerate = scale < _MIN_WEIGHT_SCALE
+        if degenerate.any():
+            safe = scale.max() if not degenerate.all() else 1.0
+            scale = np.where(degenerate, safe, scale).astype(scale.dtype)
         entry: dict[str, Any] = {
             "weight": {"scale": scale, "zero_point": zp, "axis": wq.axis},
             "input": None,
