@@ -8,7 +8,11 @@ Parts (each writes ``benchmarks/results/optimize_<part>.json``):
 * ``vgg-size`` / ``vgg-latency``: digits32-vgg, objective size / latency at batch 1 on
   ONNX Runtime (speedup over ONNX Runtime fp32).
 * ``vgg-macs``: digits32-vgg, objective MACs: the optimizer's per-layer allocation
-  against a uniform channel ratio with at least as many MACs removed.
+  against a uniform channel ratio with at least as many MACs removed (``ChannelPruning``
+  in ``layer`` mode, ratio bisected by ``ratio_for_macs``, with the optimizer's L1
+  importance and with the default L2), recovered by the same step (``--recovery``,
+  ``--recovery-epochs``, ``--recovery-lr``); ``--uniform-targets 5,6`` adds uniform rows
+  at larger reductions (MACs at equal accuracy).
 
 Usage: ``python benchmarks/optimize.py --part digits-mlp [--strategy greedy] [--trials N]``.
 Wall time to the final answer is recorded (2 cores, 1 intra-op thread). Besides the
@@ -116,6 +120,68 @@ def header_bytes(path: str | Path | None) -> int | None:
         return 8 + struct.unpack("<Q", handle.read(8))[0]
 
 
+def run_uniform(
+    task: Any, evaluator_settings: dict[str, Any], macs_target: float
+) -> list[dict[str, Any]]:
+    """Uniform ``ChannelPruning(ratio=r)`` rows, r bisected to cut at least ``macs_target`` x.
+
+    Each row is recovered exactly like the optimizer's candidates (same recovery step,
+    epochs and lr) and measured by the same pipeline (val footprint, test metric).
+    """
+    from dataclasses import replace
+
+    from torchslim.measure import count_macs
+    from torchslim.pipeline import run_recipe
+    from torchslim.recipe import Recipe
+    from torchslim.search.space import CHANNEL_IMPORTANCE
+    from torchslim.techniques.channels import ChannelPruning, example_inputs, ratio_for_macs
+    from torchslim.techniques.distillation import Distill
+    from torchslim.techniques.recovery import FineTune
+
+    base = task.baseline(progress=False)
+    inputs = example_inputs(base, task)
+    base_macs = count_macs(base, inputs).macs
+    epochs = evaluator_settings["recovery_epochs"]
+    lr = evaluator_settings.get("recovery_lr")
+    recovery = evaluator_settings.get("recovery", "distill")
+    rows = []
+    for importance in dict.fromkeys((CHANNEL_IMPORTANCE, "l2")):
+        config = ChannelPruning(importance=importance, mode="layer")
+        ratio = ratio_for_macs(base, config, task, macs_target)
+        step = (
+            Distill(epochs=epochs, lr=lr)
+            if recovery == "distill"
+            else FineTune(epochs=epochs, lr=lr)
+        )
+        start = time.perf_counter()
+        run = run_recipe(
+            Recipe(steps=[replace(config, ratio=ratio), step], name="uniform"),
+            task,
+            baseline=base,
+            latency=False,
+            split="val",
+        )
+        model = run.model
+        rows.append(
+            {
+                "config": f"ChannelPruning(ratio={ratio:.4f}, importance={importance!r}, "
+                "mode='layer')",
+                "importance": importance,
+                "ratio": ratio,
+                "macs_ratio": base_macs / max(1, count_macs(model, inputs).macs),
+                "val_metric": run.candidate.footprint.metric,
+                "test_metric": task.evaluate(model, "test"),
+                "recovery": f"{recovery} {epochs} epoch(s), lr {lr}",
+                "conv_widths": [
+                    m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+                ],
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+        print("uniform:", rows[-1], flush=True)
+    return rows
+
+
 def run_part(
     part: str,
     strategy: str,
@@ -123,6 +189,7 @@ def run_part(
     techniques: list[str] | None,
     hand: bool = True,
     settings: dict[str, Any] | None = None,
+    uniform_targets: tuple[float, ...] = (),
 ) -> dict:
     """Run one part and return its summary."""
     spec = PARTS[part]
@@ -181,6 +248,21 @@ def run_part(
             recipe=found.recipe,
             artifact_header_bytes=header_bytes(found.footprint.artifact),
         )
+    if found is not None and spec["objective"] == "macs" and summary["macs_ratio"] > 1:
+        summary["baseline_test_metric"] = task.evaluate(task.baseline(progress=False), "test")
+        rounds = (settings or {}).get("recovery_epochs")
+        if rounds is None:
+            rounds = min(20, max(1, task.train_config.epochs // 2))
+        uniform_settings = {
+            "recovery_epochs": rounds,
+            "recovery_lr": (settings or {}).get("recovery_lr"),
+            "recovery": (settings or {}).get("recovery", "distill"),
+        }
+        summary["uniform"] = [
+            row
+            for target in (summary["macs_ratio"], *uniform_targets)
+            for row in run_uniform(task, uniform_settings, target)
+        ]
     if hand and spec["objective"] == "size" and hand_recipes(part):
         summary["hand_recipes"] = run_hand(task, part, report.baseline.artifact_bytes)
     return summary
@@ -198,6 +280,18 @@ def main() -> None:
     parser.add_argument("--recovery-epochs", type=int, help="default: half the task's epochs")
     parser.add_argument("--codebook-epochs", type=int)
     parser.add_argument("--sensitivity-epochs", type=int, help="default 1")
+    parser.add_argument("--recovery", choices=("distill", "finetune"), help="default distill")
+    parser.add_argument("--recovery-lr", type=float, help="default: the optimizer's")
+    parser.add_argument(
+        "--uniform-only",
+        action="store_true",
+        help="vgg-macs: only the uniform rows at --uniform-targets (no optimizer run)",
+    )
+    parser.add_argument(
+        "--uniform-targets",
+        default="",
+        help="vgg-macs: extra MACs reductions for uniform rows, e.g. 5,6 (MACs at equal accuracy)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     techniques = args.techniques.split(",") if args.techniques else None
@@ -210,11 +304,41 @@ def main() -> None:
                 ("recovery_epochs", args.recovery_epochs),
                 ("codebook_epochs", args.codebook_epochs),
                 ("sensitivity_epochs", args.sensitivity_epochs),
+                ("recovery", args.recovery),
+                ("recovery_lr", args.recovery_lr),
             )
             if value is not None
         }
-        summary = run_part(part, args.strategy, args.trials, techniques, not args.no_hand, settings)
+        targets = tuple(float(v) for v in args.uniform_targets.split(",") if v)
         suffix = f"_{args.suffix}" if args.suffix else ""
+        if args.uniform_only:
+            if part != "vgg-macs" or not targets:
+                parser.error("--uniform-only needs --part vgg-macs and --uniform-targets")
+            task = tasks.get(PARTS[part]["task"])
+            base = task.baseline(progress=False)
+            uniform_settings = {
+                "recovery": args.recovery or "distill",
+                "recovery_epochs": args.recovery_epochs
+                if args.recovery_epochs is not None
+                else min(20, max(1, task.train_config.epochs // 2)),
+                "recovery_lr": args.recovery_lr,
+            }
+            summary = {
+                "part": part,
+                "baseline_val_metric": task.evaluate(base, "val"),
+                "baseline_test_metric": task.evaluate(base, "test"),
+                "settings": uniform_settings,
+                "uniform": [
+                    row for target in targets for row in run_uniform(task, uniform_settings, target)
+                ],
+            }
+            path = RESULTS / f"optimize_{part.replace('-', '_')}_uniform{suffix}.json"
+            write_text_atomic(path, json.dumps(summary, indent=2))
+            print(f"{part}: uniform rows -> {path}")
+            continue
+        summary = run_part(
+            part, args.strategy, args.trials, techniques, not args.no_hand, settings, targets
+        )
         path = RESULTS / f"optimize_{part.replace('-', '_')}{suffix}.json"
         write_text_atomic(path, json.dumps(summary, indent=2))
         print(
