@@ -121,3 +121,20 @@ def test_learning_rates_are_checked_alike(name, lr, message):
         CONFIGS[name](lr=lr)
     if name in ("finetune", "distill"):
         assert CONFIGS[name](lr=None).lr is None  # null means the technique's default
+
+
+@pytest.mark.parametrize(
+    "module", ["torchslim.hf.structure", "torchslim.hf.layerdrop", "torchslim.techniques.base"]
+)
+def test_any_module_imported_first_registers_every_technique(module):
+    """No import cycle whichever module a user imports first, and no transformers import."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, {module}\n"
+        "from torchslim.techniques import CONFIGS\n"
+        "assert {'head_pruning', 'embedding_distill', 'channel_pruning'} <= set(CONFIGS)\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -6,6 +6,12 @@ The public API is re-exported here; see README.md and docs/ for the concepts.
 from __future__ import annotations
 
 from torchslim import tasks
+
+# `techniques` and the `torchslim.hf` technique modules are imported here so that every
+# technique config is registered whatever module is imported first (the hf ones: linear_int8,
+# embedding_quant, head_pruning, ffn_pruning, layer_drop, embedding_distill; they import
+# `transformers` only when used). techniques/__init__ cannot import them: that is a cycle.
+from torchslim import techniques as _techniques  # noqa: F401
 from torchslim._version import __version__
 from torchslim.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from torchslim.errors import (
@@ -18,6 +24,10 @@ from torchslim.errors import (
     TrainingError,
     UnsupportedError,
 )
+from torchslim.hf import distill as _hf_distill  # noqa: F401
+from torchslim.hf import layerdrop as _hf_layerdrop  # noqa: F401
+from torchslim.hf import quant as _hf_quant  # noqa: F401
+from torchslim.hf import structure as _hf_structure  # noqa: F401
 from torchslim.measure import (
     Comparison,
     Footprint,

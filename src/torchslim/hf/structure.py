@@ -637,44 +637,39 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@register_handler(HeadPruning)
-def _head_handler(model: nn.Module, config: HeadPruning, context: ApplyContext) -> nn.Module:
-    layers = encoder_layers(model)
-    config.ratios(len(layers))  # layer count check before any work
+def _prune_units(
+    model: nn.Module,
+    config: HeadPruning | FFNPruning,
+    context: ApplyContext,
+    kind: str,
+) -> nn.Module:
+    """Score, plan and remove heads (``kind="heads"``) or FFN neurons (``"width"``); note it."""
+    config.ratios(len(encoder_layers(model)))  # layer count check before any work
     before = _params(model)
-    heads, _ = _scores(model, config, context)
-    plan = plan_heads(model, config, heads)
-    prune_heads(model, plan)
-    context.notes.setdefault("head_pruning", []).append(
+    head_scores, ffn_scores = _scores(model, config, context)
+    scores = head_scores if kind == "heads" else ffn_scores
+    plan = (plan_heads if kind == "heads" else plan_ffn)(model, config, scores)
+    (prune_heads if kind == "heads" else prune_ffn)(model, plan)
+    context.notes.setdefault(config.name, []).append(
         {
             "importance": config.importance,
-            "heads_before": [len(s) for s in heads],
-            "heads_after": [len(plan[i]) for i in range(len(heads))],
+            f"{kind}_before": [len(s) for s in scores],
+            f"{kind}_after": [len(plan[i]) for i in range(len(scores))],
             "params_before": before,
             "params_after": _params(model),
         }
     )
     return model
+
+
+@register_handler(HeadPruning)
+def _head_handler(model: nn.Module, config: HeadPruning, context: ApplyContext) -> nn.Module:
+    return _prune_units(model, config, context, "heads")
 
 
 @register_handler(FFNPruning)
 def _ffn_handler(model: nn.Module, config: FFNPruning, context: ApplyContext) -> nn.Module:
-    layers = encoder_layers(model)
-    config.ratios(len(layers))
-    before = _params(model)
-    _, ffn = _scores(model, config, context)
-    plan = plan_ffn(model, config, ffn)
-    prune_ffn(model, plan)
-    context.notes.setdefault("ffn_pruning", []).append(
-        {
-            "importance": config.importance,
-            "width_before": [len(s) for s in ffn],
-            "width_after": [len(plan[i]) for i in range(len(ffn))],
-            "params_before": before,
-            "params_after": _params(model),
-        }
-    )
-    return model
+    return _prune_units(model, config, context, "width")
 
 
 # ------------------------------------------------------------------ checkpoint record

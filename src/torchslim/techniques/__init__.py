@@ -1,12 +1,8 @@
 """Compression techniques: configs + handlers behind one ``apply``."""
 
-# Importing the technique modules registers their configs and handlers.
-# Transformer-encoder techniques (linear_int8, embedding_quant, head_pruning, ffn_pruning,
-# layer_drop, embedding_distill); these modules import `transformers` only when used.
-from torchslim.hf import distill as _hf_distill  # noqa: E402, F401
-from torchslim.hf import layerdrop as _hf_layerdrop  # noqa: E402, F401
-from torchslim.hf import quant as _hf_quant  # noqa: E402, F401
-from torchslim.hf import structure as _hf_structure  # noqa: E402, F401
+# Importing the technique modules registers their configs and handlers. The
+# transformer-encoder techniques (torchslim.hf) are registered by torchslim/__init__.py:
+# importing them here would be an import cycle (they import torchslim.techniques.base).
 from torchslim.techniques import (  # noqa: F401
     channels,
     codebook,
