@@ -15,7 +15,8 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ StepHook = Callable[[nn.Module, int], None]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULES = ("cosine", "constant")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode; its previous mode is restored, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class threads_fixed:  # noqa: N801 - used as a context manager
@@ -302,10 +314,8 @@ class Task:
     def check_inputs(self, model: nn.Module) -> None:
         """Run the model on example inputs; a rejected shape becomes a clear ShapeError."""
         inputs = self.inputs(2)
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 call_model(model, inputs)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             shape = _describe(inputs)
@@ -314,20 +324,13 @@ class Task:
                 f"task {self.name!r}: the model rejects example inputs of shape {shape} ({first}); "
                 "pass example_inputs/data shaped as the model's forward expects"
             ) from exc
-        finally:
-            model.train(was_training)
 
     # --------------------------------------------------------------- metrics
 
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
         """The task's metric of ``model`` on one split (model left in its original mode)."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return float(self._metric(model, self.loader(split)))
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            return float(self._metric(model, self.loader(split)))
 
     # -------------------------------------------------------------- training
 

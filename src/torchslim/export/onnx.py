@@ -463,8 +463,8 @@ def ort_session(model: str | Path | bytes, threads: int = 1) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-class OrtModule(nn.Module):
-    """An ONNX model run by ONNX Runtime, behind the ``nn.Module`` call interface.
+class OrtSession(nn.Module):
+    """An ONNX Runtime session held by an ``nn.Module`` (subclasses define ``forward``).
 
     Args:
         model: path of an ``.onnx`` file, or its bytes.
@@ -478,12 +478,17 @@ class OrtModule(nn.Module):
         self.session = ort_session(self.model_bytes, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> OrtModule:
-        return OrtModule(self.model_bytes, self.threads)
+    def __deepcopy__(self, memo: dict[int, Any]) -> OrtSession:
+        return type(self)(self.model_bytes, self.threads)
 
-    def with_threads(self, threads: int) -> OrtModule:
+    def with_threads(self, threads: int) -> OrtSession:
         """The same model in a session with another thread count."""
-        return OrtModule(self.model_bytes, threads)
+        return type(self)(self.model_bytes, threads)
+
+
+class OrtModule(OrtSession):
+    """An ONNX model run by ONNX Runtime, behind the ``nn.Module`` call interface
+    (positional tensor inputs, in the graph's input order)."""
 
     def feeds(self, *inputs: torch.Tensor) -> dict[str, np.ndarray]:
         """The session's input dict for torch tensors."""

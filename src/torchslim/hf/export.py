@@ -34,6 +34,7 @@ from torch import nn
 
 from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.export.onnx import OrtSession
 from torchslim.measure import register_runtime
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -223,23 +224,9 @@ def export_ort_nbits(
         return quantize_nbits(fp32, path, **options)
 
 
-class OrtEncoder(nn.Module):
-    """An exported encoder / classifier run by ONNX Runtime, called like the torch model."""
-
-    def __init__(self, model: str | Path | bytes, threads: int = 1) -> None:
-        from torchslim.export.onnx import ort_session
-
-        super().__init__()
-        self.model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
-        self.threads = threads
-        self.session = ort_session(self.model_bytes, threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> OrtEncoder:
-        return OrtEncoder(self.model_bytes, self.threads)
-
-    def with_threads(self, threads: int) -> OrtEncoder:
-        return OrtEncoder(self.model_bytes, threads)
+class OrtEncoder(OrtSession):
+    """An exported encoder / classifier run by ONNX Runtime, called like the torch model
+    (keyword token inputs)."""
 
     def feeds(self, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         return {n: inputs[n].detach().cpu().numpy().astype(np.int64) for n in self.input_names}

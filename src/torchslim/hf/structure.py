@@ -327,38 +327,36 @@ def taylor_scores(
     Raises:
         ConfigError: no calibration batches.
     """
-    from torchslim.task import call_model, split_batch
+    from torchslim.task import call_model, eval_mode, split_batch
 
     layers = encoder_layers(model)
     gates = _Gates(layers)
-    was_training = model.training
-    model.eval()
     generator = torch.Generator().manual_seed(seed)
     head_scores = [torch.zeros(enc.num_heads) for enc in layers]
     ffn_scores = [torch.zeros(enc.intermediate) for enc in layers]
     count = 0
     try:
-        for batch in batches:
-            inputs, target = split_batch(batch)
-            outputs = call_model(model, inputs)
-            if not isinstance(outputs, torch.Tensor):
-                outputs = outputs[0]
-            if target is not None and loss_fn is not None and not target.is_floating_point():
-                loss = loss_fn(outputs, target)  # class labels: the task's own loss
-            else:
-                r = torch.randn(outputs.shape, generator=generator).to(outputs.dtype)
-                loss = (outputs * r).sum()
-            grads = torch.autograd.grad(loss, [*gates.heads, *gates.ffn], allow_unused=True)
-            for i, grad in enumerate(grads[: len(layers)]):
-                if grad is not None:
-                    head_scores[i] += grad.detach().float().pow(2)
-            for i, grad in enumerate(grads[len(layers) :]):
-                if grad is not None:
-                    ffn_scores[i] += grad.detach().float().pow(2)
-            count += 1
+        with eval_mode(model):
+            for batch in batches:
+                inputs, target = split_batch(batch)
+                outputs = call_model(model, inputs)
+                if not isinstance(outputs, torch.Tensor):
+                    outputs = outputs[0]
+                if target is not None and loss_fn is not None and not target.is_floating_point():
+                    loss = loss_fn(outputs, target)  # class labels: the task's own loss
+                else:
+                    r = torch.randn(outputs.shape, generator=generator).to(outputs.dtype)
+                    loss = (outputs * r).sum()
+                grads = torch.autograd.grad(loss, [*gates.heads, *gates.ffn], allow_unused=True)
+                for i, grad in enumerate(grads[: len(layers)]):
+                    if grad is not None:
+                        head_scores[i] += grad.detach().float().pow(2)
+                for i, grad in enumerate(grads[len(layers) :]):
+                    if grad is not None:
+                        ffn_scores[i] += grad.detach().float().pow(2)
+                count += 1
     finally:
         gates.remove()
-        model.train(was_training)
     if count == 0:
         raise ConfigError("taylor importance needs calibration batches; the data split is empty")
     return head_scores, ffn_scores
@@ -374,7 +372,7 @@ def activation_scores(
     a neuron's, the mean of ``|a_neuron| · ‖W_2[:, neuron]‖`` (Wanda-style: weights times
     activations). Forward passes only.
     """
-    from torchslim.task import call_model, split_batch
+    from torchslim.task import call_model, eval_mode, split_batch
 
     layers = encoder_layers(model)
     head_scores = [torch.zeros(enc.num_heads) for enc in layers]
@@ -412,19 +410,17 @@ def activation_scores(
     for i, enc in enumerate(layers):
         handles.append(enc.linear("out").register_forward_pre_hook(head_hook(i, enc)))
         handles.append(enc.linear("ffn_out").register_forward_pre_hook(ffn_hook(i)))
-    was_training = model.training
-    model.eval()
     count = 0
     try:
-        for batch in batches:
-            inputs, _ = split_batch(batch)
-            state["mask"] = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-            call_model(model, inputs)
-            count += 1
+        with eval_mode(model):
+            for batch in batches:
+                inputs, _ = split_batch(batch)
+                state["mask"] = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+                call_model(model, inputs)
+                count += 1
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if count == 0:
         raise ConfigError("activation importance needs calibration batches; the data is empty")
     return head_scores, ffn_scores

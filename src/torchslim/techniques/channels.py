@@ -126,7 +126,7 @@ def example_inputs(model: nn.Module, task: Any) -> Any:
 
 def final_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
     """The last Conv/Linear layer to run in a forward pass (the classifier)."""
-    from torchslim.task import call_model
+    from torchslim.task import call_model, eval_mode
 
     order: list[nn.Module] = []
     hooks = [
@@ -134,15 +134,12 @@ def final_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
         for module in model.modules()
         if isinstance(module, ROOTS)
     ]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             call_model(model, inputs)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return order[-1:]
 
 
@@ -243,17 +240,13 @@ def _accumulate_gradients(model: nn.Module, task: Any, batches: int) -> None:
             "taylor importance needs data: pass task= to apply() (gradients come from "
             "the task's train split)"
         )
-    from torchslim.task import call_model, split_batch
+    from torchslim.task import call_model, eval_mode, split_batch
 
-    was_training = model.training
-    model.eval()
     model.zero_grad(set_to_none=True)
-    try:
+    with eval_mode(model):
         for batch in islice(task.loader("train", shuffle=False), batches):
             inputs, target = split_batch(batch)
             task.loss(call_model(model, inputs), target).backward()
-    finally:
-        model.train(was_training)
 
 
 def _widths(model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.measure import benchmark_latency, count_macs
-from torchslim.task import Task, call_model, split_batch
+from torchslim.task import Task, call_model, eval_mode, split_batch
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -173,15 +173,13 @@ def build_early_exit(
             )
     cuts = sorted(names.index(point) + 1 for point in set(exits))
     was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         expected = call_model(model, inputs)
         features, x = [], inputs
         for index, (_, module) in enumerate(chain):
             x = module(x)
             if index + 1 in cuts:
                 features.append(x)
-    model.train(was_training)
     if x.shape != expected.shape or not torch.allclose(x, expected, atol=1e-5):
         raise UnsupportedError(
             "early exit needs a model whose forward applies its children in order "

@@ -26,7 +26,7 @@ from torchslim.checkpoint import build_from_spec, load_checkpoint, read_spec, sa
 from torchslim.errors import CheckpointError, ConfigError
 from torchslim.measure import ArtifactIO
 from torchslim.structure import build_module, describe_module
-from torchslim.task import call_model
+from torchslim.task import call_model, eval_mode
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -367,13 +367,10 @@ def _io_shapes(model: nn.Module, names: list[str], inputs: Any) -> dict[str, tup
         return record
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             call_model(model, inputs)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return shapes

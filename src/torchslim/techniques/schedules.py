@@ -9,7 +9,7 @@ masks permanent at the end unless ``permanent=False``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
@@ -375,18 +375,7 @@ class IterativeChannelPruning(TechniqueConfig):
 
     def target(self) -> ChannelPruning:
         """The channel-pruning config each step prunes with."""
-        return ChannelPruning(
-            ratio=self.ratio,
-            importance=self.importance,
-            mode=self.mode,
-            layer_ratios=self.layer_ratios,
-            round_to=self.round_to,
-            scope=self.scope,
-            keep_classifier=self.keep_classifier,
-            batches=self.batches,
-            head_ratio=self.head_ratio,
-            max_ratio=self.max_ratio,
-        )
+        return ChannelPruning(**{f.name: getattr(self, f.name) for f in fields(ChannelPruning)})
 
 
 def _check_steps(owner: str, steps: Any, epochs_per_step: Any, ramp: Any) -> None:
