@@ -10,6 +10,7 @@ from torch import nn
 
 import torchslim as ts
 from torchslim.checkpoint import load_checkpoint, read_spec, save_checkpoint
+from torchslim.errors import ConfigError
 from torchslim.measure import artifact_bytes, checkpoint_io, count_macs, count_parameters
 from torchslim.models import build_model
 from torchslim.techniques import ApplyContext, Scope, apply
@@ -107,6 +108,23 @@ def test_global_mode_removes_the_ratio_of_all_channels():
     after += pruned.classifier[1].out_features
     assert after == before // 2
     assert pruned(IMAGE).shape == (1, 10)
+
+
+def test_global_mode_caps_each_group_and_rejects_unreachable_targets():
+    model = tiny_vgg()
+    widths = [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)]
+    widths.append(model.classifier[1].out_features)
+    pruned = apply(model, ChannelPruning(ratio=0.85, mode="global", max_ratio=0.9))
+    kept = [m.out_channels for m in pruned.features if isinstance(m, nn.Conv2d)]
+    kept.append(pruned.classifier[1].out_features)
+    # 85% of all channels go (to one channel), but no group loses more than 90% (none is emptied)
+    assert abs(sum(widths) - sum(kept) - 0.85 * sum(widths)) <= 1  # 435.2 -> 436 removed
+    assert all(k >= w - int(0.9 * w) for k, w in zip(kept, widths, strict=True))
+    assert pruned(IMAGE).shape == (1, 10)
+    with pytest.raises(ConfigError, match="exceeds max_ratio 0.75"):
+        ChannelPruning(ratio=0.8, mode="global")
+    with pytest.raises(ConfigError, match=r"reaches at most .*x fewer MACs"):
+        ratio_for_macs(model, ChannelPruning(mode="global", max_ratio=0.5), None, 50.0)
 
 
 def test_macs_mode_cuts_compute_heavy_layers_first():

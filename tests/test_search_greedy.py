@@ -191,3 +191,49 @@ def test_val_margin_and_loss_guard_decide_what_counts_as_feasible() -> None:
     evaluator.loss_cap = 0.25  # set by greedy refinement
     assert not evaluator.meets(record(0.0, 0.3)) and evaluator.meets(record(0.0, 0.2))
     assert evaluator.meets(record(0.008, 0.3), margin=False)  # the bare budget ignores the guard
+
+
+def test_uniform_ladder_moves_every_knob_together_and_bisection_finds_the_last_passing_rung() -> (
+    None
+):
+    from types import SimpleNamespace
+
+    from torchslim.search.greedy import uniform_search
+    from torchslim.search.space import Space
+
+    space = Space(
+        grids={"channel_pruning": (0.0, 0.4, 0.8), "codebook_quant": (8, 6, 4, 3, 2)},
+        layers={"channel_pruning": ["a", "b"], "codebook_quant": ["a", "b", "c"]},
+    )
+    ladder = space.ladder()
+    assert len(ladder) == 5  # the longer grid sets the rungs
+    assert ladder[0] == {
+        "channel_pruning": {"a": 0.0, "b": 0.0},
+        "codebook_quant": dict.fromkeys("abc", 8),
+    }
+    assert ladder[2]["channel_pruning"] == {"a": 0.4, "b": 0.4}  # half-way on both grids
+    assert ladder[2]["codebook_quant"] == dict.fromkeys("abc", 4)
+    assert ladder[-1] == {
+        "channel_pruning": {"a": 0.8, "b": 0.8},
+        "codebook_quant": dict.fromkeys("abc", 2),
+    }
+
+    measured: list[int] = []
+
+    def evaluate(allocation, name):
+        rung = ladder.index(allocation)
+        measured.append(rung)
+        return SimpleNamespace(
+            allocation=allocation, extra={}, val_metric=1.0, ratio=1.0 / (rung + 1), name=name
+        )
+
+    evaluator = SimpleNamespace(
+        space=space,
+        recipe=lambda allocation, name: SimpleNamespace(steps=[1]),
+        evaluate=evaluate,
+        meets=lambda record: record.extra["rung"] <= 3,  # rung 3 is the last one that passes
+    )
+    records = uniform_search(evaluator, max_rounds=4)  # type: ignore[arg-type]
+    assert measured == [2, 4, 3]  # bisection: 3 measurements for 5 rungs
+    assert [r.extra["rung"] for r in records] == [2, 4, 3] and records[2].name == "uniform-3"
+    assert len(uniform_search(evaluator, max_rounds=1)) == 1  # the round limit holds  # type: ignore[arg-type]

@@ -4,9 +4,13 @@
 predicted drop (the sum of each (knob, layer)'s drop on its own curve) stays within a
 drop allowance: it repeatedly takes the move with the most cost saved per point of
 predicted drop. Curves are measured alone and after at most a short recovery, so the
-allowance that actually holds for the full recipe differs from the budget; :func:`greedy_search` finds it by
-measurement: it verifies an allocation, widens the allowance after a pass and backs
-off (bisects) after a failure. The rounds left then refine per layer (:func:`refine`):
+allowance that actually holds for the full recipe differs from the budget, and curves
+measured one layer at a time understate how much a whole over-parameterized model can
+lose together. So :func:`greedy_search` first bisects a uniform ladder (every layer at
+the same share of its grids, :meth:`Space.ladder`) for the most compressed rung that
+passes on val (:func:`uniform_search`), then finds the greedy allowance by measurement:
+it verifies an allocation, widens the allowance after a pass and backs off (bisects)
+after a failure. The rounds left then refine per layer (:func:`refine`):
 one more step for one (knob, layer) on top of the cheapest passing allocation (or for
 every layer of one knob), or one (knob, layer) of a cheaper failing allocation backed
 off to the passing one's setting, whichever the curves rate best (cost saved per point
@@ -110,7 +114,7 @@ def refine(
     A small val split cannot tell apart candidates a sample or two apart, and many
     measured moves would pick the luckiest (the test split then disagrees). So a refined
     candidate passes only if, besides the val metric, its val loss is no higher than the
-    highest of the allowance search's passing candidates (``evaluator.loss_cap``): the
+    highest of the ladder's and allowance search's passing candidates (``evaluator.loss_cap``): the
     loss is continuous and tracks the held-out drop far better.
     """
     space = evaluator.space
@@ -180,6 +184,44 @@ def refine(
     return records
 
 
+def uniform_search(
+    evaluator: Evaluator,
+    max_rounds: int = 4,
+    deadline: float = math.inf,
+    on_record: Callable[[Record], None] | None = None,
+) -> list[Record]:
+    """Bisect the uniform ladder for its most compressed rung that passes on val.
+
+    Assumes that a rung passes when a more compressed one does (one measurement each);
+    rungs that compress nothing count as passing without a measurement. Stops after
+    ``max_rounds`` verifications or at ``deadline``.
+    """
+    ladder = evaluator.space.ladder()
+    low, high = -1, len(ladder)  # ladder[low] passes, ladder[high] fails
+    records: list[Record] = []
+    while high - low > 1 and len(records) < max_rounds and time.monotonic() < deadline:
+        rung = (low + high + 1) // 2
+        if not evaluator.recipe(ladder[rung], "probe").steps:
+            low = rung
+            continue
+        record = evaluator.evaluate(ladder[rung], f"uniform-{rung}")
+        record.extra["rung"] = rung
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+        passed = evaluator.meets(record)
+        log.info(
+            "uniform rung %d/%d -> val %.4f, cost ratio %.4g (%s)",
+            rung,
+            len(ladder) - 1,
+            record.val_metric,
+            record.ratio,
+            "pass" if passed else "fail",
+        )
+        low, high = (rung, high) if passed else (low, rung)
+    return records
+
+
 def greedy_search(
     evaluator: Evaluator,
     curves: Curves,
@@ -190,9 +232,10 @@ def greedy_search(
 ) -> list[Record]:
     """Verify greedy allocations, widening or backing off the drop allowance by measurement.
 
-    The allowance starts at the budget; each pass doubles it (or bisects towards the
+    First the uniform ladder is bisected (:func:`uniform_search`, at most a third of
+    ``max_rounds``, up to 4). The allowance starts at the budget; each pass doubles it (or bisects towards the
     smallest failure), each failure halves it (or bisects towards the largest pass).
-    The allowance search stops after half of ``max_rounds`` verifications (at least 4),
+    The allowance search stops after a third of ``max_rounds`` more verifications (at least 3),
     at ``deadline`` (``time.monotonic()``) or when the allocation no longer changes;
     :func:`refine` uses the rounds left.
     """
@@ -201,9 +244,9 @@ def greedy_search(
     passed: float | None = None
     failed: float | None = None
     factor = 1.0
-    records: list[Record] = []
-    outcome: dict[str, bool] = {}
-    first_phase = min(max_rounds, max(4, max_rounds // 2))
+    records = uniform_search(evaluator, min(4, max(1, max_rounds // 3)), deadline, on_record)
+    outcome: dict[str, bool] = {allocation_key(r.allocation): evaluator.meets(r) for r in records}
+    first_phase = min(max_rounds, len(records) + max(3, max_rounds // 3))
     for _ in range(max_rounds * 6):
         if len(records) >= first_phase or time.monotonic() >= deadline:
             break

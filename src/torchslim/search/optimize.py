@@ -236,6 +236,15 @@ def optimize(
             if allocation_key(allocation) not in keys:
                 keys.add(allocation_key(allocation))
                 seeds.append(allocation)
+        ladder = space.ladder()  # uniform rungs at a quarter, half and three quarters
+        for allocation in (
+            ladder[len(ladder) // 4],
+            ladder[len(ladder) // 2],
+            ladder[-len(ladder) // 4],
+        ):
+            if allocation_key(allocation) not in keys:
+                keys.add(allocation_key(allocation))
+                seeds.append(allocation)
         remaining = None if time_limit is None else max(1.0, deadline - time.monotonic())
         run_study(study_obj, evaluator, trials or 30, remaining, seeds, multi_objective)
         records = study_records(study_obj)

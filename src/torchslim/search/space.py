@@ -129,14 +129,25 @@ class Space:
             for knob, names in self.layers.items()
         }
 
-    def uniform(self, level: int) -> Allocation:
-        """Every layer at the same grid index (clipped to each grid)."""
-        return {
-            knob: {
-                layer: self.grids[knob][min(level, len(self.grids[knob]) - 1)] for layer in names
-            }
-            for knob, names in self.layers.items()
-        }
+    def ladder(self) -> list[Allocation]:
+        """Uniform allocations, gentlest first: rung t puts every (knob, layer) at the same
+        share t / T of its grid (T = the longest grid's last index), so all knobs move
+        from their least to their most compressed setting together. Duplicates dropped."""
+        steps = max(1, max(len(grid) for grid in self.grids.values()) - 1)
+        rungs: list[Allocation] = []
+        seen: set[str] = set()
+        for t in range(steps + 1):
+            allocation = self.allocation(
+                {
+                    (knob, layer): round(t * (len(self.grids[knob]) - 1) / steps)
+                    for knob, layer in self.knobs()
+                }
+            )
+            key = allocation_key(allocation)
+            if key not in seen:
+                seen.add(key)
+                rungs.append(allocation)
+        return rungs
 
     def cost(self, allocation: Allocation, objective: str) -> float:
         """Predicted cost (bits for size, MACs otherwise) of an allocation, for ranking only."""

@@ -59,7 +59,9 @@ class ChannelPruning(TechniqueConfig):
         layer_ratios: ``((pattern, ratio), ...)``: groups whose root layer matches a
             pattern (name, ``re:`` regex or type) get their own ratio (what the optimizer sets);
             a pattern matching an attention module sets its head ratio.
-        max_ratio: in ``"macs"`` mode, the largest share of a group's channels removed.
+        max_ratio: in the ``"global"`` and ``"macs"`` modes, the largest share of a group's
+            channels removed (without a cap, a global ranking empties whole groups at high
+            ratios); in ``"global"`` mode ``ratio`` may not exceed it.
         head_ratio: fraction of the attention heads removed from each ``nn.MultiheadAttention``
             in scope (0: heads kept; the embedding width may still shrink, in multiples of
             the head count, which narrows every head). Heads are ranked by the norm of their
@@ -97,6 +99,11 @@ class ChannelPruning(TechniqueConfig):
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is unknown; use one of {MODES}")
         check_overrides(self.layer_ratios, "ratio")
+        if self.mode == "global" and self.ratio > self.max_ratio:
+            raise ConfigError(
+                f"global channel ratio {self.ratio} exceeds max_ratio {self.max_ratio} (the "
+                "largest share any group may lose); lower the ratio or raise max_ratio (< 1)"
+            )
         if self.round_to is not None and (
             isinstance(self.round_to, bool)
             or not isinstance(self.round_to, int)
@@ -190,21 +197,25 @@ class PerMacImportance(tp.importance.Importance):
         return scores / self.cost(group)
 
 
-def macs_ratios(
+def ranked_ratios(
     model: nn.Module,
     inputs: Any,
     ignored: list[nn.Module],
     importance: tp.importance.Importance,
     ratio: float,
     max_ratio: float,
+    per_mac: bool = True,
 ) -> dict[nn.Module, float]:
-    """Per-group ratios of the "macs" mode: the ``ratio`` share of all channels with the
-    lowest importance per MAC, at most ``max_ratio`` of any group (keyed by root module)."""
+    """Per-group ratios of the global modes: the ``ratio`` share of all channels with the
+    lowest importance (per MAC for the "macs" mode, as normalized by the importance for
+    "global"), at most ``max_ratio`` of any group (keyed by root module). Torch-Pruning's
+    own global pruning applies its ``max_pruning_ratio`` only between iterative steps, so
+    one step can empty a group; ranking here keeps the cap."""
     graph = build_graph(model, inputs)
-    per_mac = PerMacImportance(importance, model, inputs)
+    score = PerMacImportance(importance, model, inputs) if per_mac else importance
     roots, scores = [], []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(ROOTS)):
-        values = per_mac(group)
+        values = score(group)
         if values is not None and len(values) > 1:
             roots.append(group[0].dep.target.module)
             scores.append(values.detach().float().cpu())
@@ -367,10 +378,18 @@ def prune_channels(
     chosen_modules = {module for _, module in chosen}
     ignored = [m for m in model.modules() if isinstance(m, ROOTS) and m not in chosen_modules]
     ratios = {}
-    if config.mode == "macs":
+    if config.mode in ("macs", "global"):
         if config.importance == "taylor":
             _accumulate_gradients(model, context.task, config.batches)
-        ratios = macs_ratios(model, inputs, ignored, _importance(config), ratio, config.max_ratio)
+        ratios = ranked_ratios(
+            model,
+            inputs,
+            ignored,
+            _importance(config),
+            ratio,
+            config.max_ratio,
+            per_mac=config.mode == "macs",
+        )
     for name, module in chosen:
         override = override_for(name, module, config.layer_ratios)
         if override is not None:
@@ -379,7 +398,7 @@ def prune_channels(
     round_to = config.round_to
     for heads in num_heads.values():  # MHA embed dims must stay divisible by the head count
         round_to = heads if round_to is None else math.lcm(round_to, heads)
-    if config.importance == "taylor" and config.mode != "macs":
+    if config.importance == "taylor" and config.mode == "layer":
         _accumulate_gradients(model, context.task, config.batches)
     before = _widths(model)
     try:
@@ -389,8 +408,7 @@ def prune_channels(
                 model,
                 inputs,
                 importance=_importance(config),
-                global_pruning=config.mode == "global",
-                pruning_ratio=0.0 if config.mode == "macs" else ratio,
+                pruning_ratio=ratio if config.mode == "layer" else 0.0,
                 pruning_ratio_dict=ratios or None,
                 ignored_layers=ignored,
                 round_to=round_to,
@@ -476,11 +494,22 @@ def ratio_for_macs(
         raise ConfigError(f"macs_reduction must be > 1, got {macs_reduction}")
     inputs = example_inputs(model, task)
     base = count_macs(model, inputs).macs
-    low, high = 0.0, 0.95
+
+    def reduction(ratio: float) -> float:
+        pruned = apply(model, replace(config, ratio=ratio), task=task)
+        return base / max(1, count_macs(pruned, inputs).macs)
+
+    low, high = 0.0, config.max_ratio if config.mode == "global" else 0.95
+    most = reduction(high)
+    if most < macs_reduction:
+        raise ConfigError(
+            f"{config.mode}-mode channel pruning reaches at most {most:.3g}x fewer MACs (ratio "
+            f"{high:g}), not {macs_reduction:g}x; lower the target"
+            + (" or raise max_ratio" if config.mode != "layer" else "")
+        )
     for _ in range(steps):
         middle = (low + high) / 2
-        pruned = apply(model, replace(config, ratio=middle), task=task)
-        if base / max(1, count_macs(pruned, inputs).macs) >= macs_reduction:
+        if reduction(middle) >= macs_reduction:
             high = middle
         else:
             low = middle
