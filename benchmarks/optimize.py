@@ -247,6 +247,7 @@ def run_part(
             macs_ratio=report.baseline.macs / max(1, found.footprint.macs),
             recipe=found.recipe,
             artifact_header_bytes=header_bytes(found.footprint.artifact),
+            best_artifact=str(found.footprint.artifact) if found.footprint.artifact else None,
         )
     if found is not None and spec["objective"] == "macs" and summary["macs_ratio"] > 1:
         summary["baseline_test_metric"] = task.evaluate(task.baseline(progress=False), "test")
@@ -292,7 +293,12 @@ def main() -> None:
         default="",
         help="vgg-macs: extra MACs reductions for uniform rows, e.g. 5,6 (MACs at equal accuracy)",
     )
+    parser.add_argument("--verbose", action="store_true", help="log each verified candidate")
     args = parser.parse_args()
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     techniques = args.techniques.split(",") if args.techniques else None
     parts = list(PARTS) if args.part == "all" else [args.part]

@@ -21,7 +21,14 @@ from torchslim.recipe import Export, Recipe
 from torchslim.report.results import Candidate
 from torchslim.search.budget import Budget, Objective
 from torchslim.search.sensitivity import split_loss
-from torchslim.search.space import GLOBAL, Allocation, Space, allocation_key, build_recipe
+from torchslim.search.space import (
+    GLOBAL,
+    Allocation,
+    Space,
+    allocation_key,
+    build_recipe,
+    recovery_kd,
+)
 
 
 class StopTrial(Exception):
@@ -164,6 +171,7 @@ class Evaluator:
             self.codebook_epochs,
             self.recovery,
             self.recovery_lr,
+            recovery_kd(self.task.train_config.optimizer),
         )
         if self.objective.needs_latency and self.objective.runtime == "onnxruntime":
             int8 = bool(allocation.get("static_quant", {}).get(GLOBAL))

@@ -32,7 +32,14 @@ from torchslim.checkpoint import write_text_atomic
 from torchslim.data import default_cache_dir
 from torchslim.errors import TorchslimError
 from torchslim.progress import progress_bar
-from torchslim.search.space import CHANNEL_IMPORTANCE, IDENTITY, Space, build_recipe
+from torchslim.search.space import (
+    CHANNEL_IMPORTANCE,
+    IDENTITY,
+    Space,
+    build_recipe,
+    recovery_kd,
+    recovery_step,
+)
 from torchslim.techniques.base import ApplyContext, apply
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,7 @@ def sensitivity(
     """
     settings = (
         {"epochs": recovery_epochs, "kind": recovery, "lr": recovery_lr}
+        | ({"kd": recovery_kd(task.train_config.optimizer)} if recovery == "distill" else {})
         if recovery_epochs > 0
         else None
     )
@@ -150,7 +158,6 @@ def _reference(
 ) -> tuple[float, float]:
     """(metric, loss) of the uncompressed baseline after the recovery ``knob``'s points get."""
     from torchslim.techniques.codebook import CodebookQuant
-    from torchslim.techniques.distillation import Distill
     from torchslim.techniques.recovery import FineTune
 
     if not settings or knob == "static_quant":
@@ -158,10 +165,8 @@ def _reference(
     epochs = settings["epochs"]
     if knob == "codebook_quant":  # its centroid fine-tuning: the task loss at its own lr
         step: Any = FineTune(epochs=epochs, lr=CodebookQuant().lr)
-    elif settings["kind"] == "distill":
-        step = Distill(epochs=epochs, lr=settings["lr"])
     else:
-        step = FineTune(epochs=epochs, lr=settings["lr"])
+        step = recovery_step(settings["kind"], epochs, settings["lr"], settings.get("kd"))
     with torch.random.fork_rng(devices=[]):
         model = apply(baseline, step, task, context=ApplyContext(task=task, teacher=baseline))
     return task.evaluate(model, split), split_loss(task, model, split)
@@ -186,6 +191,7 @@ def _measure_one(
             codebook_epochs=settings["epochs"],
             recovery=settings["kind"],
             recovery_lr=settings["lr"],
+            kd=settings.get("kd"),
         )
     else:
         recipe = build_recipe({knob: {layer: value}})
