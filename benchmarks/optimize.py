@@ -298,7 +298,11 @@ def main() -> None:
     if args.verbose:
         import logging
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        handler = logging.StreamHandler()  # on torchslim's logger: ONNX Runtime's quantizer
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger = logging.getLogger("torchslim")  # resets the root logger's level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     torch.set_num_threads(1)
     techniques = args.techniques.split(",") if args.techniques else None
     parts = list(PARTS) if args.part == "all" else [args.part]

@@ -237,3 +237,46 @@ def test_uniform_ladder_moves_every_knob_together_and_bisection_finds_the_last_p
     assert measured == [2, 4, 3]  # bisection: 3 measurements for 5 rungs
     assert [r.extra["rung"] for r in records] == [2, 4, 3] and records[2].name == "uniform-3"
     assert len(uniform_search(evaluator, max_rounds=1)) == 1  # the round limit holds  # type: ignore[arg-type]
+
+
+def test_distillation_recovery_settings_follow_the_tasks_optimizer() -> None:
+    from torchslim.search.space import recovery_kd
+
+    allocation = {"magnitude_pruning": {"0": 0.5}}
+    sgd = build_recipe(allocation, recovery_epochs=2, recovery="distill", kd=recovery_kd("sgd"))
+    adam = build_recipe(allocation, recovery_epochs=2, recovery="distill", kd=recovery_kd("adam"))
+    assert (sgd.steps[1].temperature, sgd.steps[1].alpha) == (1.0, 0.5)
+    assert (adam.steps[1].temperature, adam.steps[1].alpha) == (4.0, 0.7)
+    task = make_task()  # an Adam task: its evaluator builds T=4 recipes
+    from torchslim.search.evaluate import Evaluator
+    from torchslim.search.space import build_space as space_of
+
+    base = task.baseline(progress=False)
+    evaluator = Evaluator(
+        task, base, space_of(base, task, ["magnitude_pruning"]), Budget(1.0), Objective("size"),
+        2, 0, recovery="distill",
+    )  # fmt: skip
+    assert evaluator.recipe(allocation, "x").steps[1].temperature == 4.0
+
+
+def test_latency_objective_on_onnxruntime_times_only_the_deployed_models(tmp_path) -> None:
+    result = optimize(
+        make_task(),
+        max_drop=5.0,
+        objective="latency",
+        runtime="onnxruntime",
+        techniques=["static_quant"],
+        strategy="greedy",
+        trials=2,
+        recovery_epochs=1,
+        out=tmp_path,
+        progress=False,
+    )
+    assert result.records
+    for record in result.records:
+        deployed = record.candidate.deployed
+        assert deployed is not None and deployed.latency_ms  # ORT int8 vs ORT fp32, timed
+        assert not record.candidate.footprint.latency_ms  # the fake-quant model is not timed
+        reference = record.candidate.deployed_reference.latency_ms["batch_1"]
+        assert record.ratio == pytest.approx(deployed.latency_ms["batch_1"] / reference)
+    assert result.best_found is not None and result.best_found.deployed is not None

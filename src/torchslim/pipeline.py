@@ -188,6 +188,7 @@ def run_recipe(
     deploy: bool | None = None,
     split: str = "test",
     after_step: Callable[[dict[str, Any]], None] | None = None,
+    eager_latency: bool = True,
 ) -> RecipeRun:
     """Apply every step of ``recipe`` to the task's baseline and measure the result.
 
@@ -206,6 +207,8 @@ def run_recipe(
             (default: when the recipe quantizes or asks for onnx-int8).
         split: the data split every metric is measured on (a search uses ``val``).
         after_step: called with each step's history entry (see :func:`apply_recipe`).
+        eager_latency: with ``latency``, also time the in-memory model (False: only the
+            deployed ONNX Runtime model is timed, e.g. when only that latency is compared).
     """
     base = baseline if baseline is not None else task.baseline()
     applied = apply_recipe(recipe, task, base, split, after_step)
@@ -222,7 +225,7 @@ def run_recipe(
         io,
         artifact,
         baseline_footprint,
-        latency,
+        latency and eager_latency,
         runtime,
         threads,
         batch_n,

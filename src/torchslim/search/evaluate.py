@@ -199,6 +199,8 @@ class Evaluator:
             latency=self.objective.needs_latency,
             split="val",
             after_step=after_step,
+            # an onnxruntime objective compares the deployed model's latency only
+            eager_latency=self.objective.runtime != "onnxruntime",
             **self._timing(),
         )
         record = Record(
