@@ -280,3 +280,19 @@ def test_latency_objective_on_onnxruntime_times_only_the_deployed_models(tmp_pat
         reference = record.candidate.deployed_reference.latency_ms["batch_1"]
         assert record.ratio == pytest.approx(deployed.latency_ms["batch_1"] / reference)
     assert result.best_found is not None and result.best_found.deployed is not None
+
+
+def test_latency_search_rounds_channel_widths_to_multiples_of_8() -> None:
+    from torchslim.search.evaluate import Evaluator
+    from torchslim.search.space import build_space as space_of
+
+    task = make_task()
+    base = task.baseline(progress=False)
+    space = space_of(base, task, ["channel_pruning"])
+    allocation = {"channel_pruning": {"0": 0.6}}
+    for kind, expected in (("latency", 8), ("size", None)):
+        evaluator = Evaluator(task, base, space, Budget(1.0), Objective(kind), 1, 0)
+        assert evaluator.recipe(allocation, "x").steps[0].round_to == expected
+    latency = Evaluator(task, base, space, Budget(1.0), Objective("latency"), 1, 0)
+    model = latency.evaluate(allocation, "x")
+    assert model.candidate.footprint.params == 8 * 8 + 8 + 8 * 3 + 3  # 32 -> 12.8 -> 8 kept

@@ -23,6 +23,7 @@ from torchslim.search.budget import Budget, Objective
 from torchslim.search.sensitivity import split_loss
 from torchslim.search.space import (
     GLOBAL,
+    LATENCY_ROUND_TO,
     Allocation,
     Space,
     allocation_key,
@@ -172,6 +173,7 @@ class Evaluator:
             self.recovery,
             self.recovery_lr,
             recovery_kd(self.task.train_config.optimizer),
+            LATENCY_ROUND_TO if self.objective.kind == "latency" else None,
         )
         if self.objective.needs_latency and self.objective.runtime == "onnxruntime":
             int8 = bool(allocation.get("static_quant", {}).get(GLOBAL))
