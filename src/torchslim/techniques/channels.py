@@ -500,17 +500,18 @@ def ratio_for_macs(
         return base / max(1, count_macs(pruned, inputs).macs)
 
     low, high = 0.0, config.max_ratio if config.mode == "global" else 0.95
-    most = reduction(high)
-    if most < macs_reduction:
-        raise ConfigError(
-            f"{config.mode}-mode channel pruning reaches at most {most:.3g}x fewer MACs (ratio "
-            f"{high:g}), not {macs_reduction:g}x; lower the target"
-            + (" or raise max_ratio" if config.mode != "layer" else "")
-        )
+    reached = False
     for _ in range(steps):
         middle = (low + high) / 2
         if reduction(middle) >= macs_reduction:
-            high = middle
+            high, reached = middle, True
         else:
             low = middle
+    if not reached and (most := reduction(high)) < macs_reduction:
+        # (not monotonic near the top: Torch-Pruning skips groups it would empty)
+        raise ConfigError(
+            f"{config.mode}-mode channel pruning did not reach {macs_reduction:g}x fewer MACs "
+            f"(ratio {high:g} gives {most:.3g}x); lower the target"
+            + (" or raise max_ratio" if config.mode != "layer" else "")
+        )
     return high
