@@ -296,3 +296,22 @@ def test_latency_search_rounds_channel_widths_to_multiples_of_8() -> None:
     latency = Evaluator(task, base, space, Budget(1.0), Objective("latency"), 1, 0)
     model = latency.evaluate(allocation, "x")
     assert model.candidate.footprint.params == 8 * 8 + 8 + 8 * 3 + 3  # 32 -> 12.8 -> 8 kept
+
+
+def test_latency_answer_takes_the_fewest_macs_among_candidates_timed_within_noise() -> None:
+    from types import SimpleNamespace
+
+    from torchslim.search.optimize import fewest_macs_within_noise
+
+    def record(name: str, ratio: float, macs: int, inside: bool = True) -> SimpleNamespace:
+        footprint = SimpleNamespace(macs=macs)
+        return SimpleNamespace(
+            name=name, ratio=ratio, candidate=SimpleNamespace(footprint=footprint), inside=inside
+        )
+
+    fast, close, slow = record("a", 0.050, 15), record("b", 0.054, 8), record("c", 0.060, 4)
+    outside = record("d", 0.051, 2, inside=False)  # beyond the val margin: not preferred
+    meets = lambda r: r.inside  # noqa: E731
+    order = fewest_macs_within_noise([fast, close, slow, outside], meets)  # type: ignore[arg-type]
+    assert [r.name for r in order] == ["b", "a", "c", "d"]  # b: 8 % slower, half the MACs
+    assert fewest_macs_within_noise([], meets) == []
