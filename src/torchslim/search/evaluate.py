@@ -8,9 +8,11 @@ test metric of the same model is recorded for the final acceptance check.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -141,6 +143,19 @@ class Evaluator:
         )
         self.records: dict[str, Record] = {}
         self.stopped: list[tuple[float, Allocation]] = []  # (val drop, allocation) stopped early
+        # deployed ONNX files are kept for a latency search on ONNX Runtime, so that the
+        # finalists can be timed together (see optimize.retime_finalists)
+        self.keep = (
+            tempfile.TemporaryDirectory(prefix="torchslim-search-")
+            if objective.needs_latency and objective.runtime == "onnxruntime"
+            else None
+        )
+
+    def close(self) -> None:
+        """Delete the kept deployed files."""
+        if self.keep is not None:
+            self.keep.cleanup()
+            self.keep = None
 
     def _timing(self) -> dict[str, Any]:
         runtime = self.objective.runtime
@@ -201,6 +216,7 @@ class Evaluator:
             latency=self.objective.needs_latency,
             split="val",
             after_step=after_step,
+            out=Path(self.keep.name) / f"c{len(self.records)}" if self.keep else None,
             # an onnxruntime objective compares the deployed model's latency only
             eager_latency=self.objective.runtime != "onnxruntime",
             **self._timing(),
