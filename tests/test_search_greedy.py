@@ -315,3 +315,35 @@ def test_latency_answer_takes_the_fewest_macs_among_candidates_timed_within_nois
     order = fewest_macs_within_noise([fast, close, slow, outside], meets)  # type: ignore[arg-type]
     assert [r.name for r in order] == ["b", "a", "c", "d"]  # b: 8 % slower, half the MACs
     assert fewest_macs_within_noise([], meets) == []
+
+
+def test_latency_finalists_are_timed_together_and_reordered(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from torchslim.export.onnx import export_onnx
+    from torchslim.search.optimize import retime_finalists
+
+    example = torch.randn(1, 8)
+    small = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    large = nn.Sequential(nn.Linear(8, 1024), nn.ReLU(), nn.Linear(1024, 1024)).eval()
+    files = {
+        name: export_onnx(model, example, tmp_path / f"{name}.onnx")
+        for name, model in (("small", small), ("large", large))
+    }
+
+    def record(name: str, ratio: float) -> SimpleNamespace:
+        deployed = SimpleNamespace(artifact=str(files[name]))
+        return SimpleNamespace(name=name, ratio=ratio, candidate=SimpleNamespace(deployed=deployed))
+
+    # the separate runs ranked the large model first (within 30 % of each other)
+    feasible = [record("large", 0.050), record("small", 0.060), record("small", 0.2)]
+    evaluator = SimpleNamespace(meets=lambda r: True, objective=SimpleNamespace(batch=1), threads=1)
+    task = SimpleNamespace(inputs=lambda batch: torch.randn(batch, 8))
+    notes: list[str] = []
+    order = retime_finalists(task, feasible, evaluator, notes)  # type: ignore[arg-type]
+    assert [r.name for r in order[:2]] == ["small", "large"]  # one run: the small one is faster
+    assert order[2] is feasible[2]  # outside the 30 % window: not re-timed, kept last
+    assert notes and notes[0].startswith("finalists timed together at batch 1")
