@@ -298,9 +298,9 @@ def main() -> None:
     if args.verbose:
         import logging
 
-        handler = logging.StreamHandler()  # on torchslim's logger: ONNX Runtime's quantizer
+        handler = logging.StreamHandler()  # torchslim's own messages only
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        logger = logging.getLogger("torchslim")  # resets the root logger's level
+        logger = logging.getLogger("torchslim")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     torch.set_num_threads(1)

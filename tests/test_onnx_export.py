@@ -173,3 +173,16 @@ def test_per_tensor_static_model_deploys_per_tensor_weights(mnist1d, tmp_path):
     scale = _scale_of(graph, "features.2.weight_scale")
     assert scale.numel() == 1
     torch.testing.assert_close(scale.reshape(()), static.features[2].weight_quant.scale)
+
+
+def test_quantizing_leaves_the_callers_logging_levels_as_they_were(tmp_path, tiny_task):
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        export_ort_int8(tiny_task.baseline(progress=False), tiny_task, tmp_path / "q.onnx")
+        assert root.level == logging.INFO  # ONNX Runtime's advice is muted only while it runs
+    finally:
+        root.setLevel(before)

@@ -1,7 +1,8 @@
-"""Progress bars (rich) that stay quiet when output is not a terminal."""
+"""Progress bars (rich) that stay quiet when output is not a terminal, and quieted loggers."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
+
+
+@contextmanager
+def quiet_logs(*names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise the named loggers (``""``: the root logger) to ``level`` for the block only.
+
+    ONNX Runtime's quantizers and torchao log advice and warnings through the root logger;
+    the levels are restored afterwards, so the caller's logging setup is left as it was.
+    """
+    loggers = [logging.getLogger(name or None) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(level, logger.level))
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, levels, strict=True):
+            logger.setLevel(old)
 
 
 class _Bar:

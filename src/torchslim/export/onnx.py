@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from torch import nn
 from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.measure import ArtifactIO, register_runtime
+from torchslim.progress import quiet_logs
 from torchslim.techniques.fake_quant import to_float_model
 
 DEFAULT_OPSET = 17
@@ -394,8 +394,7 @@ def quantize_onnx(
         raise ConfigError(f"activation_type {activation_type!r} is unknown; use int8 or uint8")
     if mode == "static" and not calibration:
         raise ConfigError("static ONNX quantization needs calibration batches; pass calibration=")
-    logging.getLogger("root").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as tmp:
+    with quiet_logs(""), tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as tmp:
         source = Path(tmp) / "source.onnx"
         if preprocess:
             quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)

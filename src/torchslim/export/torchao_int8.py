@@ -18,26 +18,19 @@ from torch import nn
 
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.measure import register_runtime
+from torchslim.progress import quiet_logs
 
 
 def _torchao() -> Any:
     """Import torchao quietly (it logs failures to load its GPU-only extensions)."""
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    root = logging.getLogger()
-    root_level = root.level
-    root.setLevel(logging.CRITICAL)
     try:
-        import torchao.quantization as quantization
+        with quiet_logs("torchao", "", level=logging.CRITICAL):
+            import torchao.quantization as quantization
     except Exception as exc:  # noqa: BLE001 - version mismatches raise many types
         raise UnsupportedError(
             f"torchao cannot be imported with torch {torch.__version__} ({type(exc).__name__}: "
             f"{exc}); install the torchao version pinned in constraints.txt"
         ) from exc
-    finally:
-        logger.setLevel(level)
-        root.setLevel(root_level)
     return quantization
 
 

@@ -20,7 +20,6 @@ mode), and the modes of every submodule of the original are checked and restored
 from __future__ import annotations
 
 import copy
-import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.export.onnx import OrtSession
 from torchslim.measure import register_runtime
+from torchslim.progress import quiet_logs
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_OPSET = 17
@@ -135,8 +135,7 @@ def quantize_dynamic_int8(
 
     from torchslim.export.onnx import _gemm_to_matmul
 
-    logging.getLogger("root").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
+    with quiet_logs(""), tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
         source = Path(tmp) / "source.onnx"
         quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
         model = _gemm_to_matmul(onnx.load(str(source)))
@@ -156,8 +155,7 @@ def ort_default_int8(fp32_path: str | Path, path: str | Path) -> Path:
     """ONNX Runtime's default dynamic int8 (per-channel) of an fp32 file: the peer reference."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger("root").setLevel(logging.ERROR)
-    with atomic_path(path) as out:
+    with quiet_logs(""), atomic_path(path) as out:
         quantize_dynamic(str(fp32_path), str(out), per_channel=True, weight_type=QuantType.QInt8)
     return Path(path)
 
@@ -195,8 +193,6 @@ def quantize_nbits(
 
     if bits not in (4, 8):
         raise ConfigError(f"MatMulNBits bits must be 4 or 8, got {bits}")
-    logging.getLogger("root").setLevel(logging.ERROR)
-    logging.getLogger(nbits.__name__).setLevel(logging.ERROR)
     config = nbits.DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=symmetric,
@@ -206,7 +202,8 @@ def quantize_nbits(
         quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     quantizer = nbits.MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config)
-    quantizer.process()
+    with quiet_logs("", nbits.__name__):
+        quantizer.process()
     with atomic_path(path) as out:
         quantizer.model.save_model_to_file(str(out), False)
     return Path(path)
