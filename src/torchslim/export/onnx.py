@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -463,7 +463,8 @@ def ort_session(model: str | Path | bytes, threads: int = 1) -> Any:
 
 
 class OrtSession(nn.Module):
-    """An ONNX Runtime session held by an ``nn.Module`` (subclasses define ``forward``).
+    """An ONNX Runtime session held by an ``nn.Module`` (subclasses define ``forward`` and
+    ``input_feeds``, the session feeds of the inputs a latency runner is given).
 
     Args:
         model: path of an ``.onnx`` file, or its bytes.
@@ -492,6 +493,10 @@ class OrtModule(OrtSession):
     def feeds(self, *inputs: torch.Tensor) -> dict[str, np.ndarray]:
         """The session's input dict for torch tensors."""
         return {n: t.detach().cpu().numpy() for n, t in zip(self.input_names, inputs, strict=True)}
+
+    def input_feeds(self, inputs: Any) -> dict[str, np.ndarray]:
+        """The feeds of a model's inputs as a latency runner receives them."""
+        return self.feeds(*_as_tuple(inputs))
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Run the session; returns the first output as a torch tensor."""
@@ -555,22 +560,31 @@ def export_ort_int8(
     return OrtModule(path)
 
 
-@register_runtime("onnxruntime")
-def _onnxruntime(model: nn.Module, example_inputs: Any) -> Any:
-    """Time on ONNX Runtime (CPU): an OrtModule as is, any other model exported to fp32 ONNX."""
+def session_runner(
+    cls: type[OrtSession],
+    model: nn.Module,
+    example_inputs: Any,
+    export: Callable[[nn.Module, Any, Path], Path],
+) -> Callable[[Any], Any]:
+    """A latency runner: ``model`` as is when it is a ``cls`` session, else exported to
+    fp32 ONNX with ``export``; the example inputs' feeds are built once."""
     threads = torch.get_num_threads()
-    if isinstance(model, OrtModule):
+    if isinstance(model, cls):
         module = model.with_threads(threads)
     else:
         with tempfile.TemporaryDirectory(prefix="torchslim-onnx-") as tmp:
-            module = OrtModule(
-                export_onnx(model, example_inputs, Path(tmp) / "model.onnx"), threads
-            )
+            module = cls(export(model, example_inputs, Path(tmp) / "model.onnx"), threads)
     session = module.session
-    example_feeds = module.feeds(*_as_tuple(example_inputs))
+    example_feeds = module.input_feeds(example_inputs)
 
     def run(inputs: Any) -> Any:
-        feeds = example_feeds if inputs is example_inputs else module.feeds(*_as_tuple(inputs))
+        feeds = example_feeds if inputs is example_inputs else module.input_feeds(inputs)
         return session.run(None, feeds)
 
     return run
+
+
+@register_runtime("onnxruntime")
+def _onnxruntime(model: nn.Module, example_inputs: Any) -> Any:
+    """Time on ONNX Runtime (CPU): an OrtModule as is, any other model exported to fp32 ONNX."""
+    return session_runner(OrtModule, model, example_inputs, export_onnx)

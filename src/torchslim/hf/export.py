@@ -33,7 +33,7 @@ from torch import nn
 
 from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
-from torchslim.export.onnx import OrtSession
+from torchslim.export.onnx import OrtSession, session_runner
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
 
@@ -228,6 +228,8 @@ class OrtEncoder(OrtSession):
     def feeds(self, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         return {n: inputs[n].detach().cpu().numpy().astype(np.int64) for n in self.input_names}
 
+    input_feeds = feeds  # a latency runner passes the token dict as is
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -256,18 +258,4 @@ def parity(model: nn.Module, onnx_model: OrtEncoder, inputs: dict[str, torch.Ten
 @register_runtime("onnxruntime-hf")
 def _onnxruntime_hf(model: nn.Module, example_inputs: Any) -> Any:
     """Time a transformer on ONNX Runtime: an OrtEncoder as is, a torch model exported to fp32."""
-    threads = torch.get_num_threads()
-    if isinstance(model, OrtEncoder):
-        module = model.with_threads(threads)
-    else:
-        with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
-            module = OrtEncoder(export_onnx(model, example_inputs, Path(tmp) / "m.onnx"), threads)
-    session = module.session
-    example_feeds = module.feeds(example_inputs)
-
-    def run(inputs: Any) -> Any:
-        return session.run(
-            None, example_feeds if inputs is example_inputs else module.feeds(inputs)
-        )
-
-    return run
+    return session_runner(OrtEncoder, model, example_inputs, export_onnx)
