@@ -146,6 +146,17 @@ def test_onnx_export_parity_dynamic_axes_and_modes_unchanged(tiny, tmp_path):
     model.eval()
 
 
+def test_onnxruntime_hf_runtime_times_torch_and_onnx_encoders(tiny, tmp_path):
+    from torchslim.measure import benchmark_latency
+
+    folder, task, model = tiny
+    onnx_model = OrtEncoder(export_onnx(model, task.inputs(2), tmp_path / "m.onnx"))
+    stats = benchmark_latency(
+        [model, onnx_model], task.inputs(1), runtime="onnxruntime-hf", repeats=3
+    )
+    assert len(stats) == 2 and all(s.median_ms > 0 and s.batch_size == 1 for s in stats)
+
+
 def test_ort_int8_is_smaller_and_faithful(tiny, tmp_path):
     folder, task, model = tiny
     int8 = apply(model, LinearInt8(), task)
