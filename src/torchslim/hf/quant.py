@@ -12,6 +12,14 @@
   are packed two per byte. Lookups gather the packed rows and dequantize only those, so
   the table stays packed in PyTorch *and* in the exported ONNX graph.
 
+* SmoothQuant (``linear_int8`` with ``smooth: alpha``): trained transformers have a few input
+  channels with outsized activations, and a dynamic int8 scale sized for them leaves the
+  other channels a handful of levels. :func:`smooth_linears` divides each Linear input channel
+  by ``s_j = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)`` (maxima calibrated on the task's data)
+  and multiplies the weight column by ``s_j`` -- exact in float. The division is folded into
+  the value projection for the attention output projection (its input is a per-channel
+  mix of the values) and kept as one ``Mul`` before every other Linear.
+
 Technique configs (usable in recipes): ``linear_int8`` (:class:`LinearInt8`) and
 ``embedding_quant`` (:class:`EmbeddingQuant`, ``bits`` 4 or 8).
 """
@@ -50,10 +58,16 @@ class Int8Linear(nn.Module):
         in_features, out_features, bias: as ``nn.Linear``.
         act: ``token`` (quantize each input row to int8 at run time, symmetric) or
             ``none`` (weight-only int8).
+        smoothed: the input is multiplied by a per-channel ``input_scale`` first (SmoothQuant).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, act: str = "token"
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        act: str = "token",
+        smoothed: bool = False,
     ) -> None:
         super().__init__()
         if act not in ACT_MODES:
@@ -66,12 +80,17 @@ class Int8Linear(nn.Module):
         )
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.register_buffer("input_scale", torch.ones(in_features) if smoothed else None)
 
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, act: str = "token") -> Int8Linear:
-        """Quantize a Linear layer's weight (symmetric, per output channel)."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, act)
+        """Quantize a Linear layer's weight (symmetric, per output channel); a
+        :class:`ScaledLinear`'s input scale is kept."""
+        scaled = isinstance(linear, ScaledLinear)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, act, scaled)
+        if scaled:
+            layer.input_scale.copy_(linear.input_scale)
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         layer.weight_int8.copy_(
@@ -87,18 +106,24 @@ class Int8Linear(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
         if self.act == "token":
             scale = x.detach().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
             x = torch.round(x / scale).clamp(-127, 127) * scale
         return F.linear(x, self.dequantized_weight(), self.bias)
 
     def to_float(self) -> nn.Linear:
-        """A plain Linear holding the dequantized weight (for export)."""
-        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None)
+        """A float Linear holding the dequantized weight (for export); a
+        :class:`ScaledLinear` when the input is smoothed."""
+        kind = nn.Linear if self.input_scale is None else ScaledLinear
+        linear = kind(self.in_features, self.out_features, self.bias is not None)
         with torch.no_grad():
             linear.weight.copy_(self.dequantized_weight())
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
+            if self.input_scale is not None:
+                linear.input_scale.copy_(self.input_scale)
         return linear
 
     def describe(self) -> dict[str, Any]:
@@ -108,6 +133,7 @@ class Int8Linear(nn.Module):
             "out_features": self.out_features,
             "bias": self.bias is not None,
             "act": self.act,
+            "smoothed": self.input_scale is not None,
         }
 
     @classmethod
@@ -117,10 +143,137 @@ class Int8Linear(nn.Module):
             description["out_features"],
             description["bias"],
             description.get("act", "token"),
+            description.get("smoothed", False),
         )
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, act={self.act!r}"
+        smoothed = ", smoothed" if self.input_scale is not None else ""
+        return f"in={self.in_features}, out={self.out_features}, act={self.act!r}{smoothed}"
+
+
+class ScaledLinear(nn.Linear):
+    """``Linear(x * input_scale)``: a Linear whose weight columns absorbed SmoothQuant's
+    per-channel scales. Transient -- :func:`smooth_linears` makes it for
+    :func:`quantize_linears` to turn into a smoothed :class:`Int8Linear`, and export copies
+    use it (one ``Mul`` before the ``MatMul``)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("input_scale", torch.ones(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x * self.input_scale, self.weight, self.bias)
+
+
+# ------------------------------------------------------------------ SmoothQuant
+
+
+@torch.no_grad()
+def input_maxima(
+    model: nn.Module, names: list[str], batches: list[Any]
+) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
+    """Per-input-channel ``max |x|`` of the named Linear layers over ``batches``, and the
+    groups of layers that read the same input tensor (e.g. query / key / value)."""
+    from torchslim.task import call_model, split_batch
+
+    maxima: dict[str, torch.Tensor] = {}
+    first_inputs: dict[str, tuple[int, tuple[int, ...]]] = {}
+    hooks = []
+    for name in names:
+
+        def hook(module: nn.Module, args: tuple, name: str = name) -> None:
+            x = args[0].detach()
+            first_inputs.setdefault(name, (x.data_ptr(), tuple(x.shape)))
+            peak = x.abs().flatten(0, -2).amax(0).float()
+            maxima[name] = torch.maximum(maxima[name], peak) if name in maxima else peak
+
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            call_model(model, split_batch(batch)[0])
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for name in names:
+        if name in first_inputs:
+            groups.setdefault(first_inputs[name], []).append(name)
+    return maxima, list(groups.values())
+
+
+def _value_out_pairs(model: nn.Module, names: set[str]) -> dict[str, str]:
+    """``{attention output projection: value projection}`` of BERT-like layers, both chosen."""
+    try:
+        from torchslim.hf.structure import find_encoder
+    except ImportError:  # pragma: no cover - structure is part of the package
+        return {}
+    try:
+        prefix, _, layers = find_encoder(model)
+    except UnsupportedError:
+        return {}
+    modules = {id(m): n for n, m in model.named_modules()}
+    pairs = {}
+    for layer in layers:
+        out, value = modules[id(layer.linear("out"))], modules[id(layer.linear("value"))]
+        if out in names and value in names:
+            pairs[out] = value
+    return pairs
+
+
+@torch.no_grad()
+def smooth_linears(
+    model: nn.Module,
+    batches: list[Any],
+    alpha: float = 0.7,
+    scope: Scope | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """SmoothQuant: move activation outliers into the weights (exact in float; see above).
+
+    Every chosen Linear becomes a :class:`ScaledLinear` -- except an attention output
+    projection, whose scale is folded into its value projection's rows and bias.
+    """
+    import copy
+
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"smooth alpha must be in (0, 1), got {alpha}; 0.5-0.8 is typical")
+    target = model if inplace else copy.deepcopy(model)
+    chosen = dict(_selected(target, (nn.Linear,), scope or Scope()))
+    if not chosen:
+        raise UnsupportedError("SmoothQuant found no nn.Linear layer in the model")
+    maxima, groups = input_maxima(target, list(chosen), batches)
+    if len(maxima) != len(chosen):
+        missing = sorted(set(chosen) - set(maxima))[:3]
+        raise ConfigError(f"calibration never reached Linear layer(s) {missing}; check the data")
+    scales = {}
+    for group in groups:  # layers reading one input share its scale (one Mul in the graph)
+        weight_peak = torch.stack(
+            [chosen[n].weight.detach().abs().amax(0).float() for n in group]
+        ).amax(0)
+        activation = torch.stack([maxima[n] for n in group]).amax(0).clamp(min=1e-5)
+        scale = (activation**alpha / weight_peak.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+        scales.update({n: scale for n in group})
+    folded = _value_out_pairs(target, set(chosen))
+    for out, value in folded.items():
+        source = chosen[value]
+        source.weight.div_(scales[out].to(source.weight.dtype)[:, None])
+        if source.bias is not None:
+            source.bias.div_(scales[out].to(source.bias.dtype))
+    for name, linear in chosen.items():
+        scale = scales[name].to(linear.weight.dtype)
+        if name in folded:
+            linear.weight.mul_(scale[None, :])
+            continue
+        scaled = ScaledLinear(linear.in_features, linear.out_features, linear.bias is not None)
+        scaled.weight.copy_(linear.weight * scale[None, :])
+        if linear.bias is not None:
+            scaled.bias.copy_(linear.bias)
+        scaled.input_scale.copy_(1.0 / scale)
+        set_module(target, name, scaled.to(linear.weight.device).train(linear.training))
+    return target
 
 
 # ------------------------------------------------------------------ embeddings
@@ -344,16 +497,39 @@ class LinearInt8(TechniqueConfig):
     Args:
         act: ``token`` (dynamic per-token int8 activations) or ``none`` (weight-only).
         scope: which Linear layers (default: all).
+        smooth: SmoothQuant migration strength alpha in (0, 1); 0 (default) is off. 0.7
+            suits BERT-family encoders deployed as ONNX Runtime dynamic int8 (whose
+            activation scale is one per tensor).
+        calibration_batches: batches of the task's train split (test split when it has
+            none) that measure the activation maxima for ``smooth``.
     """
 
     name = "linear_int8"
     family = "quantization"
     act: str = "token"
     scope: Scope = Scope()
+    smooth: float = 0.0
+    calibration_batches: int = 8
 
     def __post_init__(self) -> None:
         if self.act not in ACT_MODES:
             raise ConfigError(f"act {self.act!r} is unknown; use one of {', '.join(ACT_MODES)}")
+        if isinstance(self.smooth, bool) or not (
+            isinstance(self.smooth, (int, float)) and 0 <= self.smooth < 1
+        ):
+            raise ConfigError(
+                f"linear_int8.smooth must be in [0, 1) (0 = off), got {self.smooth!r}; "
+                "0.7 suits BERT-family encoders"
+            )
+        if (
+            isinstance(self.calibration_batches, bool)
+            or not isinstance(self.calibration_batches, int)
+            or self.calibration_batches < 1
+        ):
+            raise ConfigError(
+                "linear_int8.calibration_batches must be an integer >= 1, got "
+                f"{self.calibration_batches!r}"
+            )
 
 
 @register_config
@@ -385,10 +561,23 @@ class EmbeddingQuant(TechniqueConfig):
 
 @register_handler(LinearInt8)
 def _linear_int8(model: nn.Module, config: LinearInt8, context: ApplyContext) -> nn.Module:
+    if config.smooth:
+        from torchslim.hf.structure import calibration_batches
+
+        batches = calibration_batches(
+            context.task, config.calibration_batches, "linear_int8.smooth"
+        )
+        model = smooth_linears(model, batches, config.smooth, config.scope, inplace=True)
     model = quantize_linears(model, config.act, config.scope, inplace=True)
     count = sum(isinstance(m, Int8Linear) for m in model.modules())
     context.notes.setdefault("quantization", {}).update(
-        technique=config.name, int8_linears=count, simulated=False, runtime="onnxruntime"
+        technique=config.name,
+        int8_linears=count,
+        smoothed=sum(
+            isinstance(m, Int8Linear) and m.input_scale is not None for m in model.modules()
+        ),
+        simulated=False,
+        runtime="onnxruntime",
     )
     return model
 

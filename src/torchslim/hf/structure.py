@@ -578,12 +578,11 @@ class FFNPruning(_EncoderPruning):
             )
 
 
-def _calibration(task: Any, count: int, importance: str) -> list[Any]:
+def calibration_batches(task: Any, count: int, what: str) -> list[Any]:
+    """Up to ``count`` batches of the task's train split (its test split when it has none)."""
     if task is None:
-        raise ConfigError(
-            f"{importance} importance needs calibration data; pass task= to apply, or use "
-            "importance='magnitude'"
-        )
+        hint = ", or use importance='magnitude'" if "importance" in what else ""
+        raise ConfigError(f"{what} needs calibration data; pass task= to apply{hint}")
     split = "train" if getattr(task, "train", None) is not None else "test"
     batches = []
     for batch in task.loader(split, shuffle=False):
@@ -597,7 +596,9 @@ def _scores(model: nn.Module, config: _EncoderPruning, context: ApplyContext):
     if config.importance == "magnitude":
         return magnitude_scores(model)
     task = context.task
-    batches = _calibration(task, config.calibration_batches, config.importance)
+    batches = calibration_batches(
+        task, config.calibration_batches, f"{config.importance} importance"
+    )
     if config.importance == "activation":
         return activation_scores(model, batches)
     seed = getattr(getattr(task, "train_config", None), "seed", 0)
