@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -127,6 +128,8 @@ def test_onnx_export_parity_dynamic_axes_and_modes_unchanged(tiny, tmp_path):
     folder, task, model = tiny
     inputs = task.inputs(2)
     other = {k: v[:, : SEQ // 2] for k, v in task.inputs(5).items()}  # other batch and length
+    attention = model.backbone.config._attn_implementation
+    assert attention == "sdpa"  # transformers' default: the export must not change it
     for training in (False, True):
         model.train(training)
         modes = [m.training for m in model.modules()]
@@ -138,6 +141,9 @@ def test_onnx_export_parity_dynamic_axes_and_modes_unchanged(tiny, tmp_path):
         assert [m.training for m in model.modules()] == modes
         onnx_model = OrtEncoder(path)
         assert parity(model, onnx_model, inputs) < 1e-4
+        # exported with plain attention (no per-layer IsNaN masking); the model keeps its own
+        assert "IsNaN" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert model.backbone.config._attn_implementation == attention
         assert parity(model, onnx_model, other) < 1e-4
         assert [m.training for m in model.modules()] == modes
         model.eval()

@@ -14,7 +14,11 @@
   tasks' metrics run on the deployed artifact.
 
 Exporting never changes the user's model: the exporter works on a deep copy (put in eval
-mode), and the modes of every submodule of the original are checked and restored.
+mode), and the modes of every submodule of the original are checked and restored. The copy
+computes attention the plain way (``attn_implementation="eager"``): PyTorch's fused
+``scaled_dot_product_attention`` exports with extra masking ops (``IsNaN`` / ``Where``) that
+made the ONNX Runtime graph slower at batch 1 (MiniLM-L6, 128 tokens, 1 thread, interleaved:
+30.0 vs 31.1 ms fp32, 13.0 vs 14.0 ms dynamic int8); the outputs agree to float rounding.
 """
 
 from __future__ import annotations
@@ -59,11 +63,24 @@ def export_copy(model: nn.Module, float_linears: bool = True) -> nn.Module:
 
     with modes_preserved(model):
         plain = copy.deepcopy(model)
+    _eager_attention(plain)
     if float_linears:
         for name, module in list(plain.named_modules()):
             if isinstance(module, Int8Linear):
                 set_module(plain, name, module.to_float())
     return plain.eval()
+
+
+def _eager_attention(model: nn.Module) -> None:
+    """Switch every Hugging Face model inside ``model`` to plain (eager) attention."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        setter = getattr(module, "set_attn_implementation", None)
+        if callable(setter) and getattr(config, "_attn_implementation", "eager") != "eager":
+            try:
+                setter("eager")
+            except (ValueError, ImportError):  # an architecture without eager attention
+                pass
 
 
 def _ordered_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
