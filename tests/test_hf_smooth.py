@@ -133,3 +133,17 @@ def test_smoothing_bad_input(outlier_task):
         apply(model, LinearInt8(smooth=0.5))
     with pytest.raises(ConfigError, match="alpha must be in"):
         smooth_linears(model, [], alpha=1.5)
+
+
+def test_tensor_activations_predict_the_onnx_runtime_model(outlier_task, tmp_path):
+    task, model = outlier_task
+    reference = embed(model, task.loader("test"))
+    for smooth in (0.0, 0.7):
+        token = apply(model, LinearInt8(smooth=smooth), task)
+        tensor = apply(model, LinearInt8(act="tensor", smooth=smooth), task)
+        deployed = _fidelity(task, tensor, reference, tmp_path, f"t{smooth}")["mean_cosine"]
+        simulated = fidelity_stats(embed(tensor, task.loader("test")), reference)["mean_cosine"]
+        per_token = fidelity_stats(embed(token, task.loader("test")), reference)["mean_cosine"]
+        print(smooth, deployed, simulated, per_token)
+        assert abs(simulated - deployed) < 2e-3
+        assert abs(simulated - deployed) < abs(per_token - deployed)

@@ -45,7 +45,7 @@ from torchslim.techniques.base import (
 from torchslim.techniques.fake_quant import set_module
 
 EMBEDDING_BITS = (4, 8)
-ACT_MODES = ("token", "none")
+ACT_MODES = ("token", "tensor", "none")
 
 
 # ------------------------------------------------------------------ int8 Linear
@@ -56,8 +56,10 @@ class Int8Linear(nn.Module):
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
-        act: ``token`` (quantize each input row to int8 at run time, symmetric) or
-            ``none`` (weight-only int8).
+        act: ``token`` (quantize each input row to int8 at run time, symmetric: torchao's
+            scheme), ``tensor`` (one asymmetric uint8 scale per input tensor: ONNX Runtime's
+            dynamic int8, so the PyTorch metric predicts the deployed ORT model) or ``none``
+            (weight-only int8).
         smoothed: the input is multiplied by a per-channel ``input_scale`` first (SmoothQuant).
     """
 
@@ -111,6 +113,8 @@ class Int8Linear(nn.Module):
         if self.act == "token":
             scale = x.detach().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
             x = torch.round(x / scale).clamp(-127, 127) * scale
+        elif self.act == "tensor":
+            x = _ort_dynamic_uint8(x)
         return F.linear(x, self.dequantized_weight(), self.bias)
 
     def to_float(self) -> nn.Linear:
@@ -149,6 +153,16 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         smoothed = ", smoothed" if self.input_scale is not None else ""
         return f"in={self.in_features}, out={self.out_features}, act={self.act!r}{smoothed}"
+
+
+def _ort_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
+    """ONNX Runtime's ``DynamicQuantizeLinear``, quantized and dequantized: one asymmetric
+    uint8 scale for the whole tensor over ``[min(0, min x), max(0, max x)]``."""
+    low = x.detach().min().clamp(max=0.0)
+    high = x.detach().max().clamp(min=0.0)
+    scale = ((high - low) / 255.0).clamp(min=1e-12)
+    zero = torch.round(-low / scale).clamp(0, 255)
+    return (torch.round(x / scale + zero).clamp(0, 255) - zero) * scale
 
 
 class ScaledLinear(nn.Linear):
@@ -495,7 +509,9 @@ class LinearInt8(TechniqueConfig):
     """int8 Linear layers: per-channel symmetric weights stored as int8, dynamic int8 inputs.
 
     Args:
-        act: ``token`` (dynamic per-token int8 activations) or ``none`` (weight-only).
+        act: ``token`` (dynamic per-token int8 activations, as torchao runs them),
+            ``tensor`` (one uint8 scale per tensor, as ONNX Runtime's dynamic int8 runs
+            them) or ``none`` (weight-only).
         scope: which Linear layers (default: all).
         smooth: SmoothQuant migration strength alpha in (0, 1); 0 (default) is off. 0.7
             suits BERT-family encoders deployed as ONNX Runtime dynamic int8 (whose
