@@ -7,6 +7,8 @@ For a local sentence-embedding folder (e.g. all-MiniLM-L6-v2, 6 layers, 384 wide
 * int8 -- torchslim ``linear_int8`` (per-channel int8 Linear weights), deployed as ONNX Runtime
   dynamic int8 MatMuls (embedding tables fp32);
 * int8 + emb8 / int8 + emb4 -- plus ``embedding_quant`` of the word-embedding table (packed);
+* int8 smooth -- ``linear_int8`` with ``smooth`` (SmoothQuant, ``--smooth`` alpha, calibrated on
+  the task's train split), alone and with 8-bit / 4-bit group-32 embedding tables;
 * with ``torchslim.hf.structure`` importable: int8 + emb4 + FFN pruning (``ffn_pruning``,
   Taylor importance) recovered by embedding distillation (``--ffn-ratio``, ``--recovery-epochs``).
 
@@ -47,7 +49,8 @@ from torchslim.hf.export import (  # noqa: E402
 )
 from torchslim.hf.loading import save_artifact  # noqa: E402
 from torchslim.hf.metrics import embed, fidelity_stats  # noqa: E402
-from torchslim.hf.quant import EmbeddingQuant, LinearInt8  # noqa: E402
+from torchslim.hf.quant import EmbeddingQuant, LinearInt8, smooth_linears  # noqa: E402
+from torchslim.hf.structure import calibration_batches  # noqa: E402
 from torchslim.measure import benchmark_latency  # noqa: E402
 from torchslim.task import threads_fixed  # noqa: E402
 from torchslim.techniques import apply  # noqa: E402
@@ -85,6 +88,10 @@ def main() -> None:
     parser.add_argument("--target-seconds", type=float, default=1.0)
     parser.add_argument("--emb-group", type=int, default=32, help="4-bit embedding group size")
     parser.add_argument("--torchao", action="store_true", help="also time torchao int8 (inductor)")
+    parser.add_argument("--smooth", type=float, default=0.7, help="SmoothQuant alpha (int8 rows)")
+    parser.add_argument(
+        "--smooth-4bit", type=float, default=0.5, help="SmoothQuant alpha before 4-bit weights"
+    )
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args()
     sizes = [int(v) for v in args.batch_sizes.split(",")]
@@ -100,11 +107,18 @@ def main() -> None:
     fp32 = task.build_model().eval()
     int8 = apply(fp32, LinearInt8(), task)
     variants_emb4g = apply(int8, EmbeddingQuant(bits=4, group_size=args.emb_group), task)
+    smooth = apply(fp32, LinearInt8(smooth=args.smooth), task)
+    smooth_name = f"int8 smooth{args.smooth}"
     variants: dict[str, torch.nn.Module] = {
         "int8": int8,
         "int8 + emb8": apply(int8, EmbeddingQuant(bits=8), task),
         "int8 + emb4": apply(int8, EmbeddingQuant(bits=4), task),
         f"int8 + emb4g{args.emb_group}": variants_emb4g,
+        smooth_name: smooth,
+        f"{smooth_name} + emb8": apply(smooth, EmbeddingQuant(bits=8), task),
+        f"{smooth_name} + emb4g{args.emb_group}": apply(
+            smooth, EmbeddingQuant(bits=4, group_size=args.emb_group), task
+        ),
     }
     if not args.no_ffn:
         with threads_fixed(1):
@@ -127,6 +141,16 @@ def main() -> None:
         ),
         "nbits4-b32 + emb4 (all tables)": (
             apply(fp32, EmbeddingQuant(bits=4, tables="all"), task),
+            {"bits": 4, "block_size": 32, "symmetric": False},
+        ),
+        f"smooth{args.smooth_4bit} + nbits4-b32 + emb4 (all tables)": (
+            apply(
+                smooth_linears(
+                    fp32, calibration_batches(task, 8, "smoothing"), alpha=args.smooth_4bit
+                ),
+                EmbeddingQuant(bits=4, tables="all"),
+                task,
+            ),
             {"bits": 4, "block_size": 32, "symmetric": False},
         ),
     }

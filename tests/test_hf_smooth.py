@@ -71,7 +71,7 @@ def test_smoothing_is_exact_in_float_and_shares_scales(outlier_task):
         q, k, v = attention.query, attention.key, attention.value
         assert all(isinstance(m, ScaledLinear) for m in (q, k, v, layer.intermediate.dense))
         assert isinstance(layer.output.dense, ScaledLinear)
-        # query / key / value read one tensor: one scale, so the graph keeps one Mul
+        # query / key / value read one tensor: they share one scale
         assert torch.equal(q.input_scale, k.input_scale) and torch.equal(
             q.input_scale, v.input_scale
         )

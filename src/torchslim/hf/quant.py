@@ -18,7 +18,7 @@
   by ``s_j = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)`` (maxima calibrated on the task's data)
   and multiplies the weight column by ``s_j`` -- exact in float. The division is folded into
   the value projection for the attention output projection (its input is a per-channel
-  mix of the values) and kept as one ``Mul`` before every other Linear.
+  mix of the values) and kept as a ``Mul`` before every other Linear.
 
 Technique configs (usable in recipes): ``linear_int8`` (:class:`LinearInt8`) and
 ``embedding_quant`` (:class:`EmbeddingQuant`, ``bits`` 4 or 8).
@@ -263,7 +263,7 @@ def smooth_linears(
         missing = sorted(set(chosen) - set(maxima))[:3]
         raise ConfigError(f"calibration never reached Linear layer(s) {missing}; check the data")
     scales = {}
-    for group in groups:  # layers reading one input share its scale (one Mul in the graph)
+    for group in groups:  # layers reading one input (query / key / value) share its scale
         weight_peak = torch.stack(
             [chosen[n].weight.detach().abs().amax(0).float() for n in group]
         ).amax(0)
