@@ -452,6 +452,11 @@ def quantize_linears(
     return target.eval()
 
 
+def word_embedding_tables(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The word-embedding table(s) ``embedding_quant`` (``tables="word"``) acts on."""
+    return _word_embeddings(model)
+
+
 def _word_embeddings(model: nn.Module) -> list[tuple[str, nn.Module]]:
     found = [
         (n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding) and "word" in n

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from torchslim.errors import ConfigError, TorchslimError
 from torchslim.pipeline import run_recipe
 from torchslim.recipe import Recipe
@@ -115,7 +117,8 @@ def optimize(
             a storage, study or trial count is given, else greedy).
         techniques: knobs to search (default by objective: size -> channel_pruning +
             magnitude_pruning + codebook_quant, channel_pruning left out when the model
-            has no prunable channel group; macs -> channel_pruning; latency ->
+            has no prunable channel group, embedding_quant added when it has an
+            ``nn.Embedding`` table; macs -> channel_pruning; latency ->
             channel_pruning, plus static_quant on onnxruntime).
         ranges: per-technique grids, e.g. ``{"codebook_quant": [8, 4, 3]}``.
         trials: greedy verifications / finished Optuna trials in the study (a resumed
@@ -164,6 +167,12 @@ def optimize(
     if not knobs:
         raise ConfigError("the list of techniques is empty; name at least one")
     base = task.baseline(progress=progress)
+    if (
+        techniques is None
+        and goal.kind == "size"
+        and any(isinstance(m, nn.Embedding) for m in base.modules())
+    ):
+        knobs = (*knobs, "embedding_quant")  # a token-embedding table: often half the model
     if techniques is None and "channel_pruning" in knobs and goal.kind == "size":
         try:
             space = build_space(base, task, knobs, ranges)

@@ -4,7 +4,9 @@ A *knob* is one technique with a grid of settings, ordered from the least to the
 compression: ``magnitude_pruning`` sparsities, ``channel_pruning`` ratios (per coupled
 group), ``svd`` (low-rank factorization of Linear layers: the kept fraction of a
 layer's weights, 1.0 = not factorized; opt-in), ``codebook_quant`` bits, and
-``static_quant`` (off / on, int8 for ONNX Runtime).
+``static_quant`` (off / on, int8 for ONNX Runtime) and ``embedding_quant`` (bits of the
+word-embedding table of a transformer encoder, 32 = off; 4-bit tables get a scale per 32
+columns).
 An *allocation* maps each knob to ``{layer: value}``; :func:`build_recipe` turns it into
 a re-runnable :class:`~torchslim.recipe.Recipe` in pipeline order: structural pruning,
 unstructured pruning, recovery (fine-tune or distillation from the baseline),
@@ -37,10 +39,18 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "svd": (1.0, 0.7, 0.5, 0.35, 0.25, 0.15),
     "codebook_quant": (8, 6, 5, 4, 3, 2),
     "static_quant": (0, 1),
+    "embedding_quant": (32, 8, 4),
 }
-PER_MODEL = ("static_quant",)
-IDENTITY = {"channel_pruning": 0.0, "magnitude_pruning": 0.0, "static_quant": 0, "svd": 1.0}
-DESCENDING = ("codebook_quant", "svd")  # grids whose larger values compress less
+PER_MODEL = ("static_quant", "embedding_quant")
+IDENTITY = {
+    "channel_pruning": 0.0,
+    "magnitude_pruning": 0.0,
+    "static_quant": 0,
+    "svd": 1.0,
+    "embedding_quant": 32,
+}
+DESCENDING = ("codebook_quant", "svd", "embedding_quant")  # larger values compress less
+EMBEDDING_GROUP = 32  # columns per scale of a 4-bit table (per row at 8 bits)
 RECOVERIES = ("distill", "finetune")
 KD_ADAPTIVE = {"temperature": 4.0, "alpha": 0.7}
 KD_SGD = {"temperature": 1.0, "alpha": 0.5}
@@ -90,6 +100,8 @@ def check_grid(knob: str, values: Sequence[float]) -> tuple[float, ...]:
             raise ConfigError(f"{knob} range value {value!r} is not a number")
         if knob == "codebook_quant" and not (value == int(value) and 2 <= value <= 8):
             raise ConfigError(f"{knob} bits must be integers in [2, 8], got {value}")
+        if knob == "embedding_quant" and value not in (4, 8, 32):
+            raise ConfigError(f"{knob} takes 32 (off), 8 and/or 4 bits, got {value}")
         if knob == "static_quant" and value not in (0, 1):
             raise ConfigError(f"{knob} takes 0 (off) and/or 1 (int8), got {value}")
         if knob in ("magnitude_pruning", "channel_pruning") and not 0 <= value < 1:
@@ -100,7 +112,8 @@ def check_grid(knob: str, values: Sequence[float]) -> tuple[float, ...]:
             )
     ordered = sorted(set(values), reverse=knob in DESCENDING)
     return tuple(
-        int(v) if knob in ("codebook_quant", "static_quant") else float(v) for v in ordered
+        int(v) if knob in ("codebook_quant", "static_quant", "embedding_quant") else float(v)
+        for v in ordered
     )
 
 
@@ -116,6 +129,7 @@ class Space:
         biases: layer -> bias count (shrinks with the layer's output channels).
         couplings: channel-group root -> {layer: share of the layer's weights removed per
             unit of the root's ratio} (the root's own outputs and its consumers' inputs).
+        embedding: (rows, columns) of the word-embedding table ``embedding_quant`` acts on.
     """
 
     grids: dict[str, tuple[float, ...]]
@@ -125,6 +139,7 @@ class Space:
     other_params: int = 0
     biases: dict[str, int] = field(default_factory=dict)
     couplings: dict[str, dict[str, float]] = field(default_factory=dict)
+    embedding: tuple[int, int] = (0, 0)
 
     def kept(self, channels: Mapping[str, float], layer: str) -> float:
         """Share of ``layer``'s weights left by the channel-pruning ratios ``channels``."""
@@ -189,6 +204,13 @@ class Space:
                 total += self.macs.get(layer, 0) * kept
         if objective == "size":
             total += (self.other_params - sum(self.biases.values())) * 32
+            table_bits = allocation.get("embedding_quant", {}).get(GLOBAL, 32)
+            if table_bits < 32:
+                rows, columns = self.embedding
+                groups = math.ceil(columns / EMBEDDING_GROUP) if table_bits == 4 else 1
+                total -= (
+                    rows * columns * (32 - table_bits) - rows * groups * 32
+                )  # fp16 scale+offset
         elif allocation.get("static_quant", {}).get(GLOBAL):
             total /= 2.5  # int8 kernels: a rough prior; the search measures the real speedup
         return total
@@ -222,8 +244,19 @@ def build_space(
     }
     weighted = [name for name, _ in Scope().select(model, PRUNABLE)]
     layers: dict[str, list[str]] = {}
+    embedding = (0, 0)
     for knob in knobs:
-        if knob in PER_MODEL:
+        if knob == "embedding_quant":
+            from torchslim.hf.quant import word_embedding_tables
+
+            tables = word_embedding_tables(model)
+            if not tables:
+                raise ConfigError(
+                    "embedding_quant finds no nn.Embedding table in this model; drop it"
+                )
+            embedding = tuple(tables[0][1].weight.shape)  # type: ignore[assignment]
+            layers[knob] = [GLOBAL]
+        elif knob in PER_MODEL:
             layers[knob] = [GLOBAL]
         elif knob == "channel_pruning":
             layers[knob] = _channel_roots(model, task)
@@ -263,6 +296,7 @@ def build_space(
         other,
         biases,
         couplings,
+        embedding,
     )
 
 
@@ -394,6 +428,15 @@ def build_recipe(
                 epochs=codebook_epochs,
                 layer_bits=tuple((pattern(layer), int(value)) for layer, value in bits.items()),
                 scope=Scope(include=tuple(pattern(layer) for layer in bits)),
+            )
+        )
+    table_bits = allocation.get("embedding_quant", {}).get(GLOBAL, 32)
+    if table_bits < 32:
+        from torchslim.hf.quant import EmbeddingQuant
+
+        steps.append(
+            EmbeddingQuant(
+                bits=int(table_bits), group_size=EMBEDDING_GROUP if table_bits == 4 else 0
             )
         )
     if allocation.get("static_quant", {}).get(GLOBAL):

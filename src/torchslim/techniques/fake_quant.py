@@ -306,6 +306,8 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
     """
     pairs: list[tuple[str, str]] = []
     modules = dict(model.named_modules())
+    if not any(isinstance(m, _BN_TYPES) for m in modules.values()):
+        return []  # nothing to fold: no trace, no warning (e.g. a transformer)
     try:
         graph = torch.fx.symbolic_trace(model).graph
         for node in graph.nodes:
