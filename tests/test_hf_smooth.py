@@ -20,7 +20,13 @@ from torchslim.errors import ConfigError  # noqa: E402
 from torchslim.hf.export import OrtEncoder, export_ort_int8  # noqa: E402
 from torchslim.hf.loading import load_artifact, save_artifact  # noqa: E402
 from torchslim.hf.metrics import embed, fidelity_stats  # noqa: E402
-from torchslim.hf.quant import Int8Linear, LinearInt8, ScaledLinear, smooth_linears  # noqa: E402
+from torchslim.hf.quant import (  # noqa: E402
+    Int8Linear,
+    LinearInt8,
+    ScaledLinear,
+    input_maxima,
+    smooth_linears,
+)
 from torchslim.hf.structure import calibration_batches  # noqa: E402
 from torchslim.techniques.base import apply  # noqa: E402
 
@@ -81,6 +87,53 @@ def test_smoothing_is_exact_in_float_and_shares_scales(outlier_task):
         scale = layer.intermediate.dense.input_scale
         assert set(scale.argsort()[: len(OUTLIERS)].tolist()) == set(OUTLIERS)
     assert not any(isinstance(m, ScaledLinear) for m in model.modules())  # input untouched
+
+
+def test_scale_groups_are_the_layers_reading_one_tensor(outlier_task):
+    """Per BERT layer: {query, key, value} read the hidden states; the attention output,
+    FFN input and FFN output projections each read their own tensor -> 4 groups per layer."""
+    task, model = outlier_task
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    maxima, groups = input_maxima(model, names, calibration_batches(task, 3, "smoothing"))
+    assert set(maxima) == set(names)
+    expected = []
+    for index in range(2):
+        prefix = f"backbone.encoder.layer.{index}."
+        expected.append(sorted(prefix + f"attention.self.{p}" for p in ("query", "key", "value")))
+        for single in ("attention.output.dense", "intermediate.dense", "output.dense"):
+            expected.append([prefix + single])
+    assert sorted(sorted(g) for g in groups) == sorted(expected)
+
+
+def test_scale_groups_are_tensors_not_addresses():
+    """Two Linears reading different tensors that lie at one address (here: two views of one
+    buffer, as when the allocator hands a freed tensor's memory to the next) are not one
+    group. Grouping by address tied them together (on MiniLM it changed the scales from run
+    to run); two Linears reading one tensor object still share a group."""
+
+    class Chain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(8, 8)
+            self.b = torch.nn.Linear(8, 8)
+            self.c = torch.nn.Linear(8, 8)
+            self.pool = torch.empty(4 * 8)
+            self.seen: list[int] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            first = self.pool.view(4, 8)
+            first.copy_(x * 2.0)
+            y = self.a(first) + self.c(first)
+            second = self.pool.view(4, 8)  # the same memory, a new tensor
+            second.copy_(torch.tanh(y))
+            self.seen = [first.data_ptr(), second.data_ptr()]
+            return self.b(second)
+
+    model = Chain()
+    batches = [(torch.randn(4, 8), torch.zeros(4)) for _ in range(2)]
+    _, groups = input_maxima(model, ["a", "b", "c"], batches)
+    assert model.seen[0] == model.seen[1]  # one address, shape and stride for both inputs
+    assert sorted(sorted(g) for g in groups) == [["a", "c"], ["b"]]
 
 
 def test_smoothed_int8_beats_plain_int8_in_onnx_runtime(outlier_task, tmp_path):

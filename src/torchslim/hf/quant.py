@@ -63,6 +63,8 @@ class Int8Linear(nn.Module):
         smoothed: the input is multiplied by a per-channel ``input_scale`` first (SmoothQuant).
     """
 
+    weight_in_buffers = True  # parameter counts use dequantized_weight()
+
     def __init__(
         self,
         in_features: int,
@@ -187,34 +189,46 @@ def input_maxima(
     model: nn.Module, names: list[str], batches: list[Any]
 ) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
     """Per-input-channel ``max |x|`` of the named Linear layers over ``batches``, and the
-    groups of layers that read the same input tensor (e.g. query / key / value)."""
+    groups of layers that read the same input tensor (e.g. query / key / value).
+
+    The groups come from a first pass over one batch that keeps every layer's input tensor
+    object alive until the pass ends and compares objects, not addresses: a tensor freed
+    during the forward can hand its memory to a later, different one (same address, same
+    shape), and grouping by address tied unrelated layers (on MiniLM it changed the scales
+    from run to run).
+    """
     from torchslim.task import call_model, split_batch
 
     maxima: dict[str, torch.Tensor] = {}
-    first_inputs: dict[str, tuple[int, tuple[int, ...]]] = {}
+    probe: dict[str, torch.Tensor] | None = {}
     hooks = []
     for name in names:
 
         def hook(module: nn.Module, args: tuple, name: str = name) -> None:
+            if probe is not None:
+                probe.setdefault(name, args[0])  # the object itself, held until grouped
+                return
             x = args[0].detach()
-            first_inputs.setdefault(name, (x.data_ptr(), tuple(x.shape)))
             peak = x.abs().flatten(0, -2).amax(0).float()
             maxima[name] = torch.maximum(maxima[name], peak) if name in maxima else peak
 
         hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()
+    groups: dict[int, list[str]] = {}
     try:
+        for batch in batches[:1]:
+            call_model(model, split_batch(batch)[0])
+        for name in names:
+            if name in probe:  # all held: ids are distinct unless the object is one
+                groups.setdefault(id(probe[name]), []).append(name)
+        probe = None
         for batch in batches:
             call_model(model, split_batch(batch)[0])
     finally:
         for handle in hooks:
             handle.remove()
         model.train(was_training)
-    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
-    for name in names:
-        if name in first_inputs:
-            groups.setdefault(first_inputs[name], []).append(name)
     return maxima, list(groups.values())
 
 
@@ -314,6 +328,8 @@ class QuantEmbedding(nn.Module):
     packed two per byte (even column in the low nibble).
     """
 
+    weight_in_buffers = True  # parameter counts use dequantized_weight()
+
     def __init__(
         self,
         num_embeddings: int,
@@ -384,6 +400,10 @@ class QuantEmbedding(nn.Module):
     def weight(self) -> torch.Tensor:
         """The dequantized table (fp32)."""
         return self._dequantize(self.codes, self.scale, self.offset)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The table as the layer looks rows up in it (fp32); parameter counts use it."""
+        return self.weight
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self._dequantize(
