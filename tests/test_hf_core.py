@@ -34,6 +34,7 @@ from torchslim.hf.quant import (  # noqa: E402
     QuantEmbedding,
     expected_table_bytes,
 )
+from torchslim.measure import count_macs, count_parameters, layer_table  # noqa: E402
 from torchslim.techniques.base import apply, config_from_dict  # noqa: E402
 
 SEQ = 24
@@ -209,6 +210,40 @@ def test_embedding_quant_artifact_shrinks_by_expected_bytes(tiny, tmp_path, bits
     packed = export_onnx(quantized, inputs, tmp_path / "b.onnx")
     assert _initializer_bytes(fp32) - _initializer_bytes(packed) == expected
     assert parity(quantized, OrtEncoder(packed), inputs) < 1e-4
+
+
+def test_quantized_layers_keep_their_parameter_count(tiny):
+    """Int8Linear and QuantEmbedding keep their weights as integer codes in buffers; the
+    parameter count (and a params ratio) must still see those weights: quantizing saves bytes,
+    not parameters."""
+    folder, task, model = tiny
+    num, dim = model.backbone.embeddings.word_embeddings.weight.shape
+    total = count_parameters(model)
+    quantized = apply(apply(model, LinearInt8(), task), EmbeddingQuant(bits=4), task)
+    assert count_parameters(quantized) == total
+    rows = {row.name: row for row in layer_table(quantized, count_macs(quantized, task.inputs(1)))}
+    assert rows["backbone.embeddings.word_embeddings"].params == num * dim
+    query = rows["backbone.encoder.layer.0.attention.self.query"]
+    assert query.type == "Int8Linear"
+    assert query.params == 64 * 64 + 64 and query.macs == SEQ * 64 * 64
+
+
+def test_macs_by_hand_include_attention_products(tiny):
+    """2 layers, hidden 64, FFN 128, SEQ tokens: the six Linears per layer plus the attention
+    score (Q K^T) and context (P V) products, which the CPU SDPA kernel runs and torch's flop
+    table does not list; one row per attention module, the Linears keep their own rows."""
+    folder, task, model = tiny
+    per_layer_linear = SEQ * (4 * 64 * 64 + 2 * 64 * 128)
+    attention = 2 * SEQ * SEQ * 64  # 4 heads x 16 dims = 64 per product
+    counted = count_macs(model, task.inputs(1))
+    assert counted.macs == 2 * (per_layer_linear + attention)
+    rows = {row.name: row for row in layer_table(model, counted)}
+    scores = rows["backbone.encoder.layer.1.attention.self"]
+    assert (scores.macs, scores.params) == (attention, 0)
+    assert rows["backbone.encoder.layer.1.intermediate.dense"].macs == SEQ * 64 * 128
+    assert "backbone.encoder" not in rows  # the ModuleList of layers is looked through
+    assert sum(row.macs for row in rows.values()) == counted.macs
+    assert sum(row.params for row in rows.values()) == count_parameters(model)
 
 
 def test_artifact_keeps_pruned_and_dropped_structure(tiny, tmp_path):

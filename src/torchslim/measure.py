@@ -41,14 +41,17 @@ def count_parameters(model: nn.Module) -> int:
 def effective_parameters(module: nn.Module, recurse: bool = True) -> list[tuple[str, torch.Tensor]]:
     """Parameters as the forward pass sees them: a pruning mask (``X_orig`` + ``X_mask``,
     as ``torch.nn.utils.prune`` stores it) is applied, so zeros it imposes are counted, and
-    a codebook layer contributes its shared weight (``centroids[indices]``)."""
+    a codebook layer contributes its shared weight (``centroids[indices]``), and a layer
+    that stores its weight as integer codes in buffers (``weight_in_buffers = True``:
+    ``Int8Linear``, ``QuantEmbedding``) contributes its ``dequantized_weight()``."""
     result = []
     for owner_name, owner in module.named_modules() if recurse else [("", module)]:
+        weight_name = f"{owner_name}.weight" if owner_name else "weight"
         if callable(getattr(owner, "shared_weight", None)):  # a codebook layer's weight entries
-            result.append(
-                (f"{owner_name}.weight" if owner_name else "weight", owner.shared_weight().detach())
-            )
+            result.append((weight_name, owner.shared_weight().detach()))
             continue
+        if getattr(owner, "weight_in_buffers", False):  # integer codes, no weight Parameter
+            result.append((weight_name, owner.dequantized_weight().detach()))
         for name, param in owner.named_parameters(recurse=False):
             if name.endswith("_orig") and hasattr(owner, name[: -len("_orig")] + "_mask"):
                 name = name[: -len("_orig")]
@@ -86,12 +89,14 @@ def count_macs(model: nn.Module, inputs: Any) -> MacCount:
     """Count MACs and FLOPs of ``model`` on ``inputs`` (batch 1) with torch's FlopCounterMode.
 
     The counter covers matrix multiplies and convolutions (including grouped and
-    depthwise ones); it reports FLOPs = 2 × MACs for them. Element-wise work
-    (activations, normalization) is not counted, as is customary for MACs.
+    depthwise ones) and the two matrix products of scaled-dot-product attention
+    (also the CPU kernel, which torch's table leaves out); it reports FLOPs = 2 × MACs
+    for them. Element-wise work (activations, normalization, softmax) is not counted,
+    as is customary for MACs.
     """
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     try:
         with torch.no_grad(), counter:
             call_model(model, inputs)
@@ -104,15 +109,33 @@ def count_macs(model: nn.Module, inputs: Any) -> MacCount:
         for key, ops in counter.get_flop_counts().items()
         if key != "Global"
     }
+
+    def counted_below(module: nn.Module, prefix: str) -> int:
+        # children that ran ops; a container that is never called (nn.ModuleList) is looked
+        # through to its members
+        total = 0
+        for child_name, child in module.named_children():
+            key = f"{prefix}.{child_name}"
+            total += inclusive[key] if key in inclusive else counted_below(child, key)
+        return total
+
     per_layer: dict[str, int] = {}
     for name, module in model.named_modules():
         if name not in inclusive or not name:
             continue
-        children = sum(inclusive.get(f"{name}.{child}", 0) for child, _ in module.named_children())
-        own = inclusive[name] - children
+        own = inclusive[name] - counted_below(module, name)
         if own > 0:  # the module itself runs the op (a leaf, or a wrapper calling F.conv/linear)
             per_layer[name] = own // 2 // batch
     return MacCount(macs=flops // 2, flops=flops, per_layer=per_layer)
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
 
 
 def _batch_of(inputs: Any) -> int:
@@ -125,7 +148,10 @@ def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
     """Per-layer parameters, non-zeros and MACs for every leaf module that has either.
 
     A wrapper that runs its wrapped layer's op itself (a codebook or fake-quant layer
-    around a Linear / Conv) is one row, with its own and its children's weights.
+    around a Linear / Conv) is one row, with its own and its children's weights. A module
+    that runs an op of its own besides its children's (a transformer's attention, whose
+    score and context products belong to no Linear) is a row with its own MACs and its
+    own direct parameters only.
     """
     rows = []
     wrapped: set[str] = set()
@@ -133,12 +159,15 @@ def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
         if not name or any(name.startswith(prefix + ".") for prefix in wrapped):
             continue
         is_leaf = not list(module.children())
-        wrapper = not is_leaf and name in macs.per_layer
-        if not (is_leaf or wrapper):
+        own_ops = not is_leaf and name in macs.per_layer
+        wrapper = own_ops and not any(
+            key.startswith(name + ".") for key in macs.per_layer
+        )  # its children run nothing themselves
+        if not (is_leaf or own_ops):
             continue
         if wrapper:
             wrapped.add(name)
-        tensors = [p for _, p in effective_parameters(module, recurse=wrapper)]
+        tensors = [p for _, p in effective_parameters(module, recurse=wrapper or is_leaf)]
         params = sum(p.numel() for p in tensors)
         layer_macs = macs.per_layer.get(name, 0)
         if params == 0 and layer_macs == 0:
