@@ -1,6 +1,7 @@
 """The optimizer on a transformer encoder: the ``embedding_quant`` knob (the word-embedding
-table's bits) -- grid checks, the size cost model against real artifact bytes, the recipe
-step, and the size search picking the knob up by default for models with an embedding table.
+table's bits) and the ``linear_int8`` knob (int8 per Linear layer) -- grid checks, the size
+cost model against real artifact bytes, the recipe steps, and the size search picking both
+up by default for models with an embedding table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hf_helpers import make_tiny_bert, write_texts  # noqa: E402
 from torchslim import tasks  # noqa: E402
 from torchslim.errors import ConfigError  # noqa: E402
 from torchslim.hf.loading import save_artifact  # noqa: E402
-from torchslim.hf.quant import EmbeddingQuant  # noqa: E402
+from torchslim.hf.quant import EmbeddingQuant, Int8Linear, LinearInt8  # noqa: E402
 from torchslim.pipeline import apply_recipe  # noqa: E402
 from torchslim.search import build_space, optimize  # noqa: E402
 from torchslim.search.space import GLOBAL, build_recipe, check_grid  # noqa: E402
@@ -75,6 +76,37 @@ def test_size_cost_of_the_table_matches_the_artifact(tiny, tmp_path):
     assert torch.equal(table, model.backbone.embeddings.word_embeddings.weight)  # untouched
 
 
+def test_linear_int8_knob_cost_matches_the_artifact(tiny, tmp_path):
+    task, model = tiny
+    assert check_grid("linear_int8", [1, 0]) == (0, 1)
+    with pytest.raises(ConfigError, match="0 \\(off\\) and/or 1"):
+        check_grid("linear_int8", [8])
+    with pytest.raises(ConfigError, match="both replace the Linear layers"):
+        build_space(model, task, ["codebook_quant", "linear_int8"])
+    space = build_space(model, task, ["linear_int8", "embedding_quant"])
+    linears = space.layers["linear_int8"]
+    assert len(linears) == 12  # 2 layers x (query, key, value, output, FFN in, FFN out)
+    chosen = [name for name in linears if name.endswith(("query", "output.dense"))]
+    off = space.allocation({})
+    on = {"linear_int8": {name: int(name in chosen) for name in linears}}
+    modules = dict(model.named_modules())
+    # by hand: 24 of 32 bits saved per weight, an fp32 scale added per output channel
+    by_hand = sum(
+        modules[name].weight.numel() * 24 - modules[name].out_features * 32 for name in chosen
+    )
+    assert space.cost(off, "size") - space.cost(on, "size") == by_hand
+    recipe = build_recipe(on)
+    (step,) = recipe.steps
+    assert isinstance(step, LinearInt8) and set(step.scope.include) == set(chosen)
+    small = apply_recipe(recipe, task, model, "val").model
+    quantized = {name for name, m in small.named_modules() if isinstance(m, Int8Linear)}
+    assert quantized == set(chosen)
+    before = save_artifact(model, tmp_path / "fp32.safetensors")
+    after = save_artifact(small, tmp_path / "int8.safetensors")
+    assert before - after == pytest.approx(by_hand / 8, rel=0.02)
+    assert task.evaluate(small, "test") >= 0.98
+
+
 def test_size_search_adds_the_embedding_knob_by_default(tiny, tmp_path):
     task, _ = tiny
     result = optimize(
@@ -88,7 +120,7 @@ def test_size_search_adds_the_embedding_knob_by_default(tiny, tmp_path):
         progress=False,
         latency=False,
     )
-    assert "embedding_quant" in result.curves
+    assert set(result.curves) == {"linear_int8", "embedding_quant"}
     steps = [step.name for step in result.recipe.steps]
-    assert "embedding_quant" in steps  # a 100-point budget takes the 4-bit table
+    assert steps == ["linear_int8", "embedding_quant"]  # a 100-point budget takes all of it
     assert result.met

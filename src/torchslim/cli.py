@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument(
         "--recovery-epochs",
         type=int,
-        help="recovery epochs after pruning (default: half the task's epochs, at most 20)",
+        help="recovery epochs after pruning (default: half the task's epochs, at most 20; "
+        "0: no training at all, codebook centroids not fine-tuned either)",
     )
     optimize.add_argument(
         "--recovery",

@@ -4,7 +4,9 @@ A *knob* is one technique with a grid of settings, ordered from the least to the
 compression: ``magnitude_pruning`` sparsities, ``channel_pruning`` ratios (per coupled
 group), ``svd`` (low-rank factorization of Linear layers: the kept fraction of a
 layer's weights, 1.0 = not factorized; opt-in), ``codebook_quant`` bits, and
-``static_quant`` (off / on, int8 for ONNX Runtime) and ``embedding_quant`` (bits of the
+``static_quant`` (off / on, int8 for ONNX Runtime), ``linear_int8`` (off / on per Linear
+layer: int8 per-channel weights with dynamic int8 inputs, what torchao and ONNX Runtime's
+dynamic int8 run; the transformer default) and ``embedding_quant`` (bits of the
 word-embedding table of a transformer encoder, 32 = off; 4-bit tables get a scale per 32
 columns).
 An *allocation* maps each knob to ``{layer: value}``; :func:`build_recipe` turns it into
@@ -40,6 +42,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "codebook_quant": (8, 6, 5, 4, 3, 2),
     "static_quant": (0, 1),
     "embedding_quant": (32, 8, 4),
+    "linear_int8": (0, 1),
 }
 PER_MODEL = ("static_quant", "embedding_quant")
 IDENTITY = {
@@ -48,8 +51,14 @@ IDENTITY = {
     "static_quant": 0,
     "svd": 1.0,
     "embedding_quant": 32,
+    "linear_int8": 0,
 }
-DESCENDING = ("codebook_quant", "svd", "embedding_quant")  # larger values compress less
+DESCENDING = ("codebook_quant", "svd", "embedding_quant")
+INTEGER_KNOBS = ("codebook_quant", "static_quant", "embedding_quant", "linear_int8")
+EXCLUSIVE = (
+    "codebook_quant",
+    "linear_int8",
+)  # both replace the same Linear layers  # larger values compress less
 EMBEDDING_GROUP = 32  # columns per scale of a 4-bit table (per row at 8 bits)
 RECOVERIES = ("distill", "finetune")
 KD_ADAPTIVE = {"temperature": 4.0, "alpha": 0.7}
@@ -77,6 +86,10 @@ CHANNEL_IMPORTANCE = "l1"
 technique's default does not silently change the cached sensitivity curves' meaning."""
 
 
+TRANSFORMER_SIZE_KNOBS = ("linear_int8", "embedding_quant")
+"""The size search's default for a model with an ``nn.Embedding`` table."""
+
+
 def default_knobs(objective: str, runtime: str = "torch") -> tuple[str, ...]:
     """The techniques searched by default for an objective."""
     if objective == "size":
@@ -102,7 +115,7 @@ def check_grid(knob: str, values: Sequence[float]) -> tuple[float, ...]:
             raise ConfigError(f"{knob} bits must be integers in [2, 8], got {value}")
         if knob == "embedding_quant" and value not in (4, 8, 32):
             raise ConfigError(f"{knob} takes 32 (off), 8 and/or 4 bits, got {value}")
-        if knob == "static_quant" and value not in (0, 1):
+        if knob in ("static_quant", "linear_int8") and value not in (0, 1):
             raise ConfigError(f"{knob} takes 0 (off) and/or 1 (int8), got {value}")
         if knob in ("magnitude_pruning", "channel_pruning") and not 0 <= value < 1:
             raise ConfigError(f"{knob} ratios must be in [0, 1), got {value}")
@@ -111,10 +124,7 @@ def check_grid(knob: str, values: Sequence[float]) -> tuple[float, ...]:
                 f"svd keeps a fraction of each layer's weights in (0, 1], got {value}"
             )
     ordered = sorted(set(values), reverse=knob in DESCENDING)
-    return tuple(
-        int(v) if knob in ("codebook_quant", "static_quant", "embedding_quant") else float(v)
-        for v in ordered
-    )
+    return tuple(int(v) if knob in INTEGER_KNOBS else float(v) for v in ordered)
 
 
 @dataclass
@@ -130,6 +140,7 @@ class Space:
         couplings: channel-group root -> {layer: share of the layer's weights removed per
             unit of the root's ratio} (the root's own outputs and its consumers' inputs).
         embedding: (rows, columns) of the word-embedding table ``embedding_quant`` acts on.
+        outputs: layer -> output channels (a ``linear_int8`` layer stores a scale for each).
     """
 
     grids: dict[str, tuple[float, ...]]
@@ -140,6 +151,7 @@ class Space:
     biases: dict[str, int] = field(default_factory=dict)
     couplings: dict[str, dict[str, float]] = field(default_factory=dict)
     embedding: tuple[int, int] = (0, 0)
+    outputs: dict[str, int] = field(default_factory=dict)
 
     def kept(self, channels: Mapping[str, float], layer: str) -> float:
         """Share of ``layer``'s weights left by the channel-pruning ratios ``channels``."""
@@ -189,17 +201,23 @@ class Space:
         channels = allocation.get("channel_pruning", {})
         sparsity = allocation.get("magnitude_pruning", {})
         bits = allocation.get("codebook_quant", {})
+        int8 = allocation.get("linear_int8", {})
         lowrank = allocation.get("svd", {})
         total = 0.0
         for layer in set(self.params) | set(self.macs):
             kept = self.kept(channels, layer) * lowrank.get(layer, 1.0)
             if objective == "size":
                 density = 1.0 - sparsity.get(layer, 0.0)
-                width = bits.get(layer, 32)
-                index_bits = _entropy(density) if density < 1 else 0.0
-                total += self.params.get(layer, 0) * kept * (density * width + index_bits)
+                if int8.get(layer):  # Int8Linear stores its weight dense: zeros cost 8 bits too
+                    total += self.params.get(layer, 0) * kept * 8
+                else:
+                    width = bits.get(layer, 32)
+                    index_bits = _entropy(density) if density < 1 else 0.0
+                    total += self.params.get(layer, 0) * kept * (density * width + index_bits)
                 bias_bits = 16 if layer in bits else 32
                 total += self.biases.get(layer, 0) * self.out_kept(channels, layer) * bias_bits
+                if int8.get(layer):  # an fp32 weight scale per output channel
+                    total += self.outputs.get(layer, 0) * self.out_kept(channels, layer) * 32
             else:
                 total += self.macs.get(layer, 0) * kept
         if objective == "size":
@@ -239,6 +257,10 @@ def build_space(
             f"a range is given for {unknown[0]!r}, which is not among the techniques "
             f"{list(knobs)}; add it to the techniques"
         )
+    if all(knob in knobs for knob in EXCLUSIVE):
+        raise ConfigError(
+            "codebook_quant and linear_int8 both replace the Linear layers; search one of them"
+        )
     grids = {
         knob: check_grid(knob, ranges.get(knob, DEFAULT_GRIDS.get(knob, ()))) for knob in knobs
     }
@@ -260,6 +282,9 @@ def build_space(
             layers[knob] = [GLOBAL]
         elif knob == "channel_pruning":
             layers[knob] = _channel_roots(model, task)
+        elif knob == "linear_int8":
+            modules = dict(model.named_modules())
+            layers[knob] = [name for name in weighted if isinstance(modules[name], nn.Linear)]
         elif knob == "svd":  # Linear layers but the output layer (kept by the technique)
             from torchslim.techniques.channels import final_layers
 
@@ -297,6 +322,7 @@ def build_space(
         biases,
         couplings,
         embedding,
+        {name: modules[name].weight.shape[0] for name in weighted},
     )
 
 
@@ -430,6 +456,11 @@ def build_recipe(
                 scope=Scope(include=tuple(pattern(layer) for layer in bits)),
             )
         )
+    int8 = [pattern(layer) for layer, value in allocation.get("linear_int8", {}).items() if value]
+    if int8:
+        from torchslim.hf.quant import LinearInt8
+
+        steps.append(LinearInt8(scope=Scope(include=tuple(int8))))
     table_bits = allocation.get("embedding_quant", {}).get(GLOBAL, 32)
     if table_bits < 32:
         from torchslim.hf.quant import EmbeddingQuant
