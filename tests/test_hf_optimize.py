@@ -90,14 +90,18 @@ def test_linear_int8_knob_cost_matches_the_artifact(tiny, tmp_path):
     off = space.allocation({})
     on = {"linear_int8": {name: int(name in chosen) for name in linears}}
     modules = dict(model.named_modules())
-    # by hand: 24 of 32 bits saved per weight, an fp32 scale added per output channel
+    # by hand: 24 of 32 bits saved per weight, fp32 scales added per output channel (weight)
+    # and per input channel (SmoothQuant; neither chosen layer folds into another)
     by_hand = sum(
-        modules[name].weight.numel() * 24 - modules[name].out_features * 32 for name in chosen
+        modules[name].weight.numel() * 24
+        - (modules[name].out_features + modules[name].in_features) * 32
+        for name in chosen
     )
     assert space.cost(off, "size") - space.cost(on, "size") == by_hand
     recipe = build_recipe(on)
     (step,) = recipe.steps
     assert isinstance(step, LinearInt8) and set(step.scope.include) == set(chosen)
+    assert step.smooth == 0.7
     small = apply_recipe(recipe, task, model, "val").model
     quantized = {name for name, m in small.named_modules() if isinstance(m, Int8Linear)}
     assert quantized == set(chosen)
