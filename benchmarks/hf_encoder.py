@@ -10,7 +10,10 @@ For a local sentence-embedding folder (e.g. all-MiniLM-L6-v2, 6 layers, 384 wide
 * int8 smooth -- ``linear_int8`` with ``smooth`` (SmoothQuant, ``--smooth`` alpha, calibrated on
   the task's train split), alone and with 8-bit / 4-bit group-32 embedding tables;
 * with ``torchslim.hf.structure`` importable: int8 + emb4 + FFN pruning (``ffn_pruning``,
-  Taylor importance) recovered by embedding distillation (``--ffn-ratio``, ``--recovery-epochs``).
+  Taylor importance) recovered by embedding distillation (``--ffn-ratio``, ``--recovery-epochs``);
+* optimized -- ``torchslim.optimize`` with its transformer defaults (``linear_int8`` per Linear
+  layer, ``embedding_quant`` bits), size objective, ``--max-drop`` points of mean cosine, no
+  training (``--no-optimize`` skips it); its recipe is re-run here and deployed like the rest.
 
 Reported per variant: artifact bytes (the deployed ``.onnx`` file; our safetensors artifact
 too), cosine fidelity to fp32 over the built-in texts (mean, min, nearest-neighbour
@@ -76,6 +79,38 @@ def _ffn_pruned(model: torch.nn.Module, task: Any, ratio: float, epochs: int) ->
     return pruned
 
 
+def _optimized(task: Any, fp32: torch.nn.Module, max_drop: float) -> Any:
+    """The optimizer's answer at ``max_drop`` points (size objective, its default knobs for a
+    transformer, no training), re-built from its recipe; None when it finds nothing."""
+    from torchslim.pipeline import apply_recipe
+    from torchslim.search import optimize
+
+    with tempfile.TemporaryDirectory(prefix="torchslim-bench-opt-") as out:
+        result = optimize(
+            task,
+            max_drop=max_drop,
+            objective="size",
+            trials=12,
+            recovery_epochs=0,
+            sensitivity_epochs=0,
+            out=Path(out),
+            progress=False,
+            latency=False,
+        )
+    if result.recipe is None:
+        return None
+    model = apply_recipe(result.recipe, task, fp32, "test").model
+    summary = {
+        "met": result.met,
+        "seconds": round(result.seconds, 1),
+        "candidates": len(result.records),
+        "steps": [step.name for step in result.recipe.steps],
+        "recipe": result.recipe.to_dict(),
+    }
+    print(f"optimizer: {summary['steps']} in {summary['seconds']} s, met={result.met}")
+    return model.eval(), summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True)
@@ -92,6 +127,8 @@ def main() -> None:
     parser.add_argument(
         "--smooth-4bit", type=float, default=0.5, help="SmoothQuant alpha before 4-bit weights"
     )
+    parser.add_argument("--max-drop", type=float, default=1.0, help="optimizer budget, points")
+    parser.add_argument("--no-optimize", action="store_true", help="skip the optimizer row")
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args()
     sizes = [int(v) for v in args.batch_sizes.split(",")]
@@ -128,6 +165,12 @@ def main() -> None:
             variants[f"int8 + emb4 + ffn{int(args.ffn_ratio * 100)}%"] = apply(
                 pruned_int8, EmbeddingQuant(bits=4), task
             )
+    optimized: dict[str, Any] = {}
+    optimized_name = f"optimized ({args.max_drop:g}-point budget)"
+    if not args.no_optimize:
+        found = _optimized(task, fp32, args.max_drop)
+        if found is not None:
+            variants[optimized_name], optimized = found
     # block-wise weight quantization (ONNX Runtime MatMulNBits, int8 activation blocks):
     # the torch model keeps float Linear layers; the embedding table is quantized here
     block_variants: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {
@@ -210,15 +253,13 @@ def main() -> None:
     if args.torchao:
         from torchslim.hf.quant import torchao_model
 
-        tao_models = {
-            "torchao int8": torchao_model(int8),
-            f"torchao int8 + emb4g{args.emb_group}": torchao_model(
-                apply(int8, EmbeddingQuant(bits=4, group_size=args.emb_group), task)
-            ),
-        }
+        sources = {"torchao int8": int8, f"torchao int8 + emb4g{args.emb_group}": variants_emb4g}
+        if optimized:
+            sources[f"torchao {optimized_name}"] = variants[optimized_name]
+        tao_models = {name: torchao_model(source) for name, source in sources.items()}
         with tempfile.TemporaryDirectory(prefix="torchslim-bench-hf-") as tmp:
             for index, name in enumerate(tao_models):
-                source = int8 if index == 0 else variants_emb4g
+                source = sources[name]
                 torchao[name] = {
                     "artifact_bytes": save_artifact(source, Path(tmp) / f"t{index}.safetensors"),
                     **{
@@ -268,6 +309,7 @@ def main() -> None:
         "rows": rows,
         "latency_ms": latency,
         "torchao": torchao,
+        "optimizer": optimized,
         "seconds": round(time.perf_counter() - started, 1),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
