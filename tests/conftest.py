@@ -48,3 +48,15 @@ def one_thread():
 
     with threads_fixed(1):
         yield
+
+
+@pytest.fixture(scope="module")
+def hf_offline():
+    """Hugging Face modules: nothing may be downloaded (``HF_HUB_OFFLINE=1``), one thread."""
+    from torchslim.task import threads_fixed
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("HF_HUB_OFFLINE", "1")
+    with threads_fixed(1):
+        yield
+    patcher.undo()

@@ -192,3 +192,14 @@ def write_classification_data(path: str | Path, count: int = 64, seed: int = 0) 
             writer.writerow(["text", "label"])
             writer.writerows(rows)
     return path
+
+
+def tiny_embedding_task(root: str | Path, texts: int = 48, seq_len: int = 24):
+    """A tiny BERT in sentence-transformers layout under ``root`` and its ``text-embedding``
+    task over ``texts`` generated sentences: ``(folder, task)``."""
+    from torchslim import tasks
+
+    folder = make_tiny_bert(root)
+    path = write_texts(Path(root) / "texts.txt", count=texts)
+    task = tasks.get("text-embedding", model_dir=str(folder), texts=str(path), seq_len=seq_len)
+    return folder, task

@@ -16,7 +16,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from hf_helpers import make_tiny_bert, write_classification_data, write_texts  # noqa: E402
+from hf_helpers import (  # noqa: E402
+    make_tiny_bert,
+    tiny_embedding_task,
+    write_classification_data,
+    write_texts,
+)
 from torchslim import tasks  # noqa: E402
 from torchslim.errors import ConfigError, DataError, UnsupportedError  # noqa: E402
 from torchslim.hf.export import OrtEncoder, export_onnx, export_ort_int8, parity  # noqa: E402
@@ -38,25 +43,12 @@ from torchslim.measure import count_macs, count_parameters, layer_table  # noqa:
 from torchslim.techniques.base import apply, config_from_dict  # noqa: E402
 
 SEQ = 24
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _offline_one_thread():
-    from torchslim.task import threads_fixed
-
-    patcher = pytest.MonkeyPatch()
-    patcher.setenv("HF_HUB_OFFLINE", "1")
-    with threads_fixed(1):
-        yield
-    patcher.undo()
+pytestmark = pytest.mark.usefixtures("hf_offline")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    folder = make_tiny_bert(root)
-    texts = write_texts(root / "texts.txt", count=48)
-    task = tasks.get("text-embedding", model_dir=str(folder), texts=str(texts), seq_len=SEQ)
+    folder, task = tiny_embedding_task(tmp_path_factory.mktemp("hf"), seq_len=SEQ)
     return folder, task, task.baseline(progress=False)
 
 

@@ -13,8 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from hf_helpers import make_tiny_bert, write_texts  # noqa: E402
-from torchslim import tasks  # noqa: E402
+from hf_helpers import tiny_embedding_task  # noqa: E402
 from torchslim.errors import ConfigError  # noqa: E402
 from torchslim.hf.loading import save_artifact  # noqa: E402
 from torchslim.hf.quant import EmbeddingQuant, Int8Linear, LinearInt8  # noqa: E402
@@ -23,25 +22,12 @@ from torchslim.search import build_space, optimize  # noqa: E402
 from torchslim.search.space import GLOBAL, build_recipe, check_grid  # noqa: E402
 
 SEQ = 24
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _offline_one_thread():
-    from torchslim.task import threads_fixed
-
-    patcher = pytest.MonkeyPatch()
-    patcher.setenv("HF_HUB_OFFLINE", "1")
-    with threads_fixed(1):
-        yield
-    patcher.undo()
+pytestmark = pytest.mark.usefixtures("hf_offline")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf-opt")
-    folder = make_tiny_bert(root)
-    texts = write_texts(root / "texts.txt", count=48)
-    task = tasks.get("text-embedding", model_dir=str(folder), texts=str(texts), seq_len=SEQ)
+    _, task = tiny_embedding_task(tmp_path_factory.mktemp("hf-opt"), seq_len=SEQ)
     return task, task.baseline(progress=False)
 
 

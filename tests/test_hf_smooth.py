@@ -14,8 +14,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from hf_helpers import make_tiny_bert, write_texts  # noqa: E402
-from torchslim import tasks  # noqa: E402
+from hf_helpers import tiny_embedding_task  # noqa: E402
 from torchslim.errors import ConfigError  # noqa: E402
 from torchslim.hf.export import OrtEncoder, export_ort_int8  # noqa: E402
 from torchslim.hf.loading import load_artifact, save_artifact  # noqa: E402
@@ -31,26 +30,13 @@ from torchslim.hf.structure import calibration_batches  # noqa: E402
 from torchslim.techniques.base import apply  # noqa: E402
 
 SEQ = 24
+pytestmark = pytest.mark.usefixtures("hf_offline")
 OUTLIERS = (3, 17, 40)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _offline_one_thread():
-    from torchslim.task import threads_fixed
-
-    patcher = pytest.MonkeyPatch()
-    patcher.setenv("HF_HUB_OFFLINE", "1")
-    with threads_fixed(1):
-        yield
-    patcher.undo()
 
 
 @pytest.fixture(scope="module")
 def outlier_task(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf-smooth")
-    folder = make_tiny_bert(root)
-    texts = write_texts(root / "texts.txt", count=64)
-    task = tasks.get("text-embedding", model_dir=str(folder), texts=str(texts), seq_len=SEQ)
+    _, task = tiny_embedding_task(tmp_path_factory.mktemp("hf-smooth"), texts=64, seq_len=SEQ)
     model = task.build_model().eval()
     with torch.no_grad():
         for module in model.modules():
