@@ -258,8 +258,7 @@ def main() -> None:
             sources[f"torchao {optimized_name}"] = variants[optimized_name]
         tao_models = {name: torchao_model(source) for name, source in sources.items()}
         with tempfile.TemporaryDirectory(prefix="torchslim-bench-hf-") as tmp:
-            for index, name in enumerate(tao_models):
-                source = sources[name]
+            for index, (name, source) in enumerate(sources.items()):
                 torchao[name] = {
                     "artifact_bytes": save_artifact(source, Path(tmp) / f"t{index}.safetensors"),
                     **{

@@ -234,12 +234,10 @@ def input_maxima(
 
 def _value_out_pairs(model: nn.Module, names: set[str]) -> dict[str, str]:
     """``{attention output projection: value projection}`` of BERT-like layers, both chosen."""
+    from torchslim.hf.structure import find_encoder
+
     try:
-        from torchslim.hf.structure import find_encoder
-    except ImportError:  # pragma: no cover - structure is part of the package
-        return {}
-    try:
-        prefix, _, layers = find_encoder(model)
+        _, _, layers = find_encoder(model)
     except UnsupportedError:
         return {}
     modules = {id(m): n for n, m in model.named_modules()}

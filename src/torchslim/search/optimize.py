@@ -193,9 +193,8 @@ def optimize(
         space = build_space(base, task, knobs, ranges)
     epochs = task.train_config.epochs
     rounds = recovery_epochs if recovery_epochs is not None else min(20, max(1, epochs // 2))
-    if codebook_epochs is None:  # no training at all when recovery is switched off
-        codebook_epochs = max(1, rounds // 2) if rounds else 0
-    codebook = codebook_epochs
+    default_codebook = max(1, rounds // 2) if rounds else 0  # recovery off: no training at all
+    codebook = codebook_epochs if codebook_epochs is not None else default_codebook
     probe = 1 if sensitivity_epochs is None else sensitivity_epochs
     curves, base_val_metric = sensitivity(
         task,

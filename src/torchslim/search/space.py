@@ -141,8 +141,8 @@ class Space:
         couplings: channel-group root -> {layer: share of the layer's weights removed per
             unit of the root's ratio} (the root's own outputs and its consumers' inputs).
         embedding: (rows, columns) of the word-embedding table ``embedding_quant`` acts on.
-        outputs, inputs: layer -> output / input channels (a ``linear_int8`` layer stores a
-            weight scale per output and a SmoothQuant scale per input channel).
+        outputs: layer -> output channels (a ``linear_int8`` layer stores a weight scale per
+            output channel, and a SmoothQuant scale per input: ``params / outputs``).
     """
 
     grids: dict[str, tuple[float, ...]]
@@ -154,7 +154,6 @@ class Space:
     couplings: dict[str, dict[str, float]] = field(default_factory=dict)
     embedding: tuple[int, int] = (0, 0)
     outputs: dict[str, int] = field(default_factory=dict)
-    inputs: dict[str, int] = field(default_factory=dict)
 
     def kept(self, channels: Mapping[str, float], layer: str) -> float:
         """Share of ``layer``'s weights left by the channel-pruning ratios ``channels``."""
@@ -211,28 +210,31 @@ class Space:
             kept = self.kept(channels, layer) * lowrank.get(layer, 1.0)
             if objective == "size":
                 density = 1.0 - sparsity.get(layer, 0.0)
-                if int8.get(layer):  # Int8Linear stores its weight dense: zeros cost 8 bits too
-                    total += self.params.get(layer, 0) * kept * 8
+                weights = self.params.get(layer, 0)
+                out_kept = self.out_kept(channels, layer)
+                if int8.get(layer):
+                    # Int8Linear stores its weight dense (zeros cost 8 bits too) plus fp32
+                    # scales: one per output channel, one per input channel (SmoothQuant)
+                    outputs = self.outputs.get(layer, 1)
+                    total += weights * kept * 8 + (outputs * out_kept + weights // outputs) * 32
                 else:
                     width = bits.get(layer, 32)
                     index_bits = _entropy(density) if density < 1 else 0.0
-                    total += self.params.get(layer, 0) * kept * (density * width + index_bits)
+                    total += weights * kept * (density * width + index_bits)
                 bias_bits = 16 if layer in bits else 32
-                total += self.biases.get(layer, 0) * self.out_kept(channels, layer) * bias_bits
-                if int8.get(layer):  # fp32 scales: one per output channel, one per input
-                    total += self.outputs.get(layer, 0) * self.out_kept(channels, layer) * 32
-                    total += self.inputs.get(layer, 0) * 32
+                total += self.biases.get(layer, 0) * out_kept * bias_bits
             else:
                 total += self.macs.get(layer, 0) * kept
         if objective == "size":
             total += (self.other_params - sum(self.biases.values())) * 32
             table_bits = allocation.get("embedding_quant", {}).get(GLOBAL, 32)
             if table_bits < 32:
+                from torchslim.hf.quant import expected_table_bytes
+
                 rows, columns = self.embedding
-                groups = math.ceil(columns / EMBEDDING_GROUP) if table_bits == 4 else 1
-                total -= (
-                    rows * columns * (32 - table_bits) - rows * groups * 32
-                )  # fp16 scale+offset
+                group = EMBEDDING_GROUP if table_bits == 4 else 0
+                stored = expected_table_bytes(rows, columns, int(table_bits), group)
+                total -= rows * columns * 32 - stored * 8
         elif allocation.get("static_quant", {}).get(GLOBAL):
             total /= 2.5  # int8 kernels: a rough prior; the search measures the real speedup
         return total
@@ -327,7 +329,6 @@ def build_space(
         couplings,
         embedding,
         {name: modules[name].weight.shape[0] for name in weighted},
-        {name: modules[name].weight[0].numel() for name in weighted},
     )
 
 
