@@ -34,6 +34,7 @@ from torch import nn
 
 from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.hardware import PORTABLE_WEIGHT_BOUND, warn_if_saturating
 from torchslim.measure import ArtifactIO, register_runtime
 from torchslim.progress import quiet_logs
 from torchslim.techniques.fake_quant import to_float_model
@@ -226,14 +227,15 @@ _WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def _int8_grid(
-    scale: torch.Tensor, zero_point: torch.Tensor, qmax: int
+    scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale (float32) and int8 zero point of a torchslim grid, shifted to int8 codes.
 
-    A grid ``[qmin, qmax]`` with ``qmax > 127`` (unsigned 8-bit) moves down by 128
-    (same real values, codes in ``[-128, 127]``); narrower grids fit as they are.
+    An unsigned grid ``[0, qmax]`` moves down by half its width (same real values, codes
+    centred on 0: ``[0, 255]`` becomes ``[-128, 127]``, the 7-bit ``[0, 127]`` becomes
+    ``[-64, 63]``, within the range u8s8 kernels compute exactly); signed grids fit as they are.
     """
-    shift = 128 if qmax > 127 else 0
+    shift = (qmax + 1) // 2 if qmin == 0 else 0
     scale_np = scale.detach().abs().clamp_min(1e-12).float().cpu().numpy().astype(np.float32)
     zp = torch.round(zero_point.detach().float()).cpu().numpy().astype(np.int64) - shift
     return scale_np, zp.astype(np.int8)
@@ -257,7 +259,7 @@ def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
         if not isinstance(layer, QuantizedLayer) or not layer.enabled:
             continue
         wq = layer.weight_quant
-        scale, zp = _int8_grid(wq._scale(layer.module.weight), wq.zero_point, wq.qmax)
+        scale, zp = _int8_grid(wq._scale(layer.module.weight), wq.zero_point, wq.qmin, wq.qmax)
         # An all-zero (pruned) channel gets a degenerate scale (~1e-12): its weights are 0 on
         # any grid, but ONNX Runtime quantizes the bias with input_scale * weight_scale, and
         # such a step overflows int32. Give those channels the layer's largest scale.
@@ -271,7 +273,7 @@ def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
         }
         aq = layer.input_quant
         if aq is not None and aq.mode in ("quant", "qat"):
-            a_scale, a_zp = _int8_grid(aq.scale, aq.zero_point, aq.qmax)
+            a_scale, a_zp = _int8_grid(aq.scale, aq.zero_point, aq.qmin, aq.qmax)
             entry["input"] = {"scale": a_scale.reshape(()), "zero_point": a_zp.reshape(())}
         found[name] = entry
     return found
@@ -304,7 +306,9 @@ def _tensor_overrides(
             missing.append(layer)
             continue
         weight = entry["weight"]
-        if weight["axis"] is None:
+        if weight is None:  # ONNX Runtime quantizes this weight itself
+            pass
+        elif weight["axis"] is None:
             overrides[node.input[1]] = [
                 {
                     "scale": weight["scale"].reshape(()),
@@ -353,6 +357,7 @@ def quantize_onnx(
     keep_float: Sequence[str] = (),
     preprocess: bool = True,
     qparams: dict[str, dict[str, Any]] | None = None,
+    reduce_range: bool = True,
 ) -> Path:
     """Quantize an fp32 ONNX file with ONNX Runtime's quantizer.
 
@@ -368,6 +373,10 @@ def quantize_onnx(
         preprocess: run ONNX Runtime's pre-processing (shape inference, graph optimization).
         qparams: fixed grids per PyTorch layer (:func:`layer_qparams`, ``static``): these
             weights and layer inputs use them instead of ONNX Runtime's own calibration.
+        reduce_range: weights ONNX Runtime quantizes itself use its 7-bit range
+            (``[-64, 64]``), which its u8s8 kernels compute exactly on every x86 CPU; with
+            False they use the full int8 range, exact only on CPUs with VNNI / AMX and on ARM
+            (docs/techniques.md). Grids given in ``qparams`` are used as they are.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -435,6 +444,7 @@ def quantize_onnx(
                     calibrate_method=methods[calibrate_method],
                     nodes_to_exclude=exclude,
                     extra_options=extra,
+                    reduce_range=reduce_range,
                 )
             else:
                 quantize_dynamic(
@@ -444,6 +454,7 @@ def quantize_onnx(
                     weight_type=QuantType.QInt8,
                     op_types_to_quantize=list(_DYNAMIC_OPS),
                     nodes_to_exclude=exclude,
+                    reduce_range=reduce_range,
                 )
     return Path(path)
 
@@ -459,7 +470,37 @@ def ort_session(model: str | Path | bytes, threads: int = 1) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        op = missing_kernel(str(exc))
+        if op is None:
+            raise
+        raise UnsupportedError(
+            f"this ONNX Runtime build ({ort.__version__}) has no CPU kernel for {op}; "
+            f"{KERNEL_FALLBACKS.get(op.split(':')[-1], 'export the model without that operator')}"
+        ) from exc
+
+
+KERNEL_FALLBACKS = {
+    "MatMulNBits": "deploy with linear_int8 (ONNX Runtime dynamic int8, MatMulInteger) instead "
+    "of MatMulNBits, or install an onnxruntime build with the contrib ops",
+    "DynamicQuantizeMatMul": "quantize with dynamic_quant on an onnxruntime build with the "
+    "contrib ops, or keep the model in float",
+}
+_MISSING = (
+    re.compile(r"Could not find an implementation for ([\w.:]+)"),
+    re.compile(r"([\w.:]+)\(-?\d+\) is not a registered function/op"),
+)
+
+
+def missing_kernel(message: str) -> str | None:
+    """The operator an ONNX Runtime session error says has no kernel, if that is the error."""
+    for pattern in _MISSING:
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    return None
 
 
 class OrtSession(nn.Module):
@@ -476,6 +517,8 @@ class OrtSession(nn.Module):
         self.model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
         self.threads = threads
         self.session = ort_session(self.model_bytes, threads)
+        label = "this ONNX model" if isinstance(model, bytes) else str(model)
+        warn_if_saturating(self.model_bytes, label)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OrtSession:
@@ -522,6 +565,7 @@ def export_ort_int8(
     mode: str = "static",
     calibration_batches: int = 8,
     carry_scales: bool = True,
+    portable: bool = True,
     **options: Any,
 ) -> OrtModule:
     """Export a (possibly fake-quantized) model to an ONNX Runtime int8 file and load it.
@@ -534,6 +578,12 @@ def export_ort_int8(
     (calibrated or learned) replace ONNX Runtime's calibration for those tensors,
     and Conv / Linear layers that the simulation left in float stay float. Set it
     False to let ONNX Runtime calibrate every tensor itself.
+
+    With ``portable`` (default) every int8 weight of the file lies within +-64, so it
+    computes the same integers on every CPU (x86 with or without VNNI, ARM): simulations
+    made with ``reduce_range`` (the default) are carried exactly; full-range 8-bit weight
+    grids are re-quantized to the 7-bit grid by ONNX Runtime, with a warning. ``portable=
+    False`` keeps full-range grids: exact only on CPUs with VNNI / AMX and on ARM.
     """
     from torchslim.techniques.fake_quant import WEIGHT_TYPES, QuantizedLayer
     from torchslim.techniques.quantization import calibration_inputs
@@ -544,6 +594,19 @@ def export_ort_int8(
         else None
     )
     qparams = layer_qparams(model) if carry_scales and mode == "static" else {}
+    options.setdefault("reduce_range", portable)
+    wide = full_range_layers(model)
+    if portable and wide:
+        warnings.warn(
+            f"layer(s) {', '.join(wide)} were simulated on the full int8 range "
+            "(reduce_range=False); the portable ONNX Runtime file re-quantizes their weights "
+            "to 7 bits, so its metric (measured on the file) can differ from the simulation; "
+            "quantize with reduce_range=True, or export with portable=False for VNNI-only use",
+            stacklevel=2,
+        )
+        for name in wide:
+            if name in qparams:
+                qparams[name] = {**qparams[name], "weight": None}
     if qparams:
         wrapped = [n for n, m in model.named_modules() if isinstance(m, QuantizedLayer)]
         floats = [
@@ -558,6 +621,20 @@ def export_ort_int8(
         fp32 = export_onnx(model, task.inputs(2), Path(tmp) / "fp32.onnx")
         quantize_onnx(fp32, path, mode=mode, calibration=batches, qparams=qparams, **options)
     return OrtModule(path)
+
+
+def full_range_layers(model: nn.Module) -> list[str]:
+    """Fake-quantized layers whose weight grid is wider than the portable 7-bit one
+    (8-bit with ``reduce_range`` off): their int8 weights can saturate u8s8 kernels."""
+    from torchslim.techniques.fake_quant import QuantizedLayer
+
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, QuantizedLayer)
+        and m.enabled
+        and m.weight_quant.qmax - m.weight_quant.qmin > 2 * PORTABLE_WEIGHT_BOUND
+    ]
 
 
 def session_runner(

@@ -144,9 +144,18 @@ def export_onnx(
 
 
 def quantize_dynamic_int8(
-    fp32_path: str | Path, path: str | Path, quantize_gather: bool = False, per_channel: bool = True
+    fp32_path: str | Path,
+    path: str | Path,
+    quantize_gather: bool = False,
+    per_channel: bool = True,
+    reduce_range: bool = True,
 ) -> Path:
-    """ONNX Runtime dynamic int8 (per-channel weights) of the MatMuls (and float Gathers)."""
+    """ONNX Runtime dynamic int8 (per-channel weights) of the MatMuls (and float Gathers).
+
+    ``reduce_range`` (default) puts the weights on ONNX Runtime's 7-bit grid ``[-64, 64]``,
+    which its u8s8 kernels compute exactly on every x86 CPU; False uses the full int8
+    range, exact only with VNNI / AMX or on ARM (docs/techniques.md).
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
@@ -164,6 +173,7 @@ def quantize_dynamic_int8(
                 per_channel=per_channel,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul", "Gather"] if quantize_gather else ["MatMul"],
+                reduce_range=reduce_range,
             )
     return Path(path)
 
@@ -182,11 +192,34 @@ def export_ort_int8(
     example_inputs: dict[str, torch.Tensor],
     path: str | Path,
     quantize_gather: bool = False,
+    portable: bool = True,
 ) -> Path:
-    """Export to ONNX and quantize the MatMuls to int8 (per-channel) for ONNX Runtime."""
+    """Export to ONNX and quantize the MatMuls to int8 (per-channel) for ONNX Runtime.
+
+    With ``portable`` (default) the weights use ONNX Runtime's 7-bit grid ``[-64, 64]``, so
+    the file computes the same integers on every CPU: an
+    :class:`~torchslim.hf.quant.Int8Linear` made with ``reduce_range`` (the default for
+    ``act="tensor"``) is re-quantized onto its own integers; one on the full int8 grid is
+    re-quantized to 7 bits (a warning says so). ``portable=False`` keeps the full range,
+    exact only on CPUs with VNNI / AMX and on ARM.
+    """
+    import warnings
+
+    from torchslim.hf.quant import Int8Linear
+
+    wide = [n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.qmax > 64]
+    if portable and wide:
+        warnings.warn(
+            f"{len(wide)} int8 Linear layer(s) (first: {wide[0]}) use the full int8 grid; the "
+            "portable ONNX Runtime file re-quantizes them to 7 bits; use linear_int8 with "
+            "act='tensor' (reduce_range) for a file that computes the simulated integers",
+            stacklevel=2,
+        )
     with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
         fp32 = export_onnx(model, example_inputs, Path(tmp) / "fp32.onnx")
-        return quantize_dynamic_int8(fp32, path, quantize_gather=quantize_gather)
+        return quantize_dynamic_int8(
+            fp32, path, quantize_gather=quantize_gather, reduce_range=portable
+        )
 
 
 def quantize_nbits(

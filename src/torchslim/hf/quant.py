@@ -1,7 +1,8 @@
 """Quantization for transformer encoders: int8 Linear layers and 8 / 4-bit embedding tables.
 
 * :class:`Int8Linear` stores an int8 weight with one fp32 scale per output channel
-  (symmetric, ``scale = max|w_row| / 127``) and quantizes its input per token at run time
+  (symmetric, ``scale = max|w_row| / qmax``; ``qmax`` is 127, or 64 for the portable 7-bit
+  grid that ONNX Runtime's u8s8 kernels compute exactly on every x86 CPU) and quantizes its input per token at run time
   (dynamic int8, as torchao's ``Int8DynamicActivationInt8WeightConfig``). Its state dict
   holds the int8 codes, so a saved artifact is really ~4x smaller. For speed it is
   deployed through ONNX Runtime (:func:`torchslim.hf.export.export_ort_int8`, which
@@ -61,6 +62,7 @@ class Int8Linear(nn.Module):
             dynamic int8, so the PyTorch metric predicts the deployed ORT model) or ``none``
             (weight-only int8).
         smoothed: the input is multiplied by a per-channel ``input_scale`` first (SmoothQuant).
+        qmax: the weight grid is ``[-qmax, qmax]``: 127 (full int8) or 64 (``reduce_range``).
     """
 
     weight_in_buffers = True  # parameter counts use dequantized_weight()
@@ -72,13 +74,17 @@ class Int8Linear(nn.Module):
         bias: bool = True,
         act: str = "token",
         smoothed: bool = False,
+        qmax: int = 127,
     ) -> None:
         super().__init__()
         if act not in ACT_MODES:
             raise ConfigError(f"act {act!r} is unknown; use one of {', '.join(ACT_MODES)}")
+        if qmax not in (64, 127):
+            raise ConfigError(f"Int8Linear qmax must be 127 or 64 (reduce_range), got {qmax!r}")
         self.in_features = in_features
         self.out_features = out_features
         self.act = act
+        self.qmax = qmax
         self.register_buffer(
             "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
         )
@@ -88,17 +94,19 @@ class Int8Linear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, act: str = "token") -> Int8Linear:
-        """Quantize a Linear layer's weight (symmetric, per output channel); a
-        :class:`ScaledLinear`'s input scale is kept."""
+    def from_linear(cls, linear: nn.Linear, act: str = "token", qmax: int = 127) -> Int8Linear:
+        """Quantize a Linear layer's weight (symmetric, per output channel, on
+        ``[-qmax, qmax]``); a :class:`ScaledLinear`'s input scale is kept."""
         scaled = isinstance(linear, ScaledLinear)
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, act, scaled)
+        layer = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, act, scaled, qmax
+        )
         if scaled:
             layer.input_scale.copy_(linear.input_scale)
         weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / float(qmax)
         layer.weight_int8.copy_(
-            torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            torch.round(weight / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
         )
         layer.weight_scale.copy_(scale)
         if linear.bias is not None:
@@ -140,6 +148,7 @@ class Int8Linear(nn.Module):
             "bias": self.bias is not None,
             "act": self.act,
             "smoothed": self.input_scale is not None,
+            "qmax": self.qmax,
         }
 
     @classmethod
@@ -150,11 +159,13 @@ class Int8Linear(nn.Module):
             description["bias"],
             description.get("act", "token"),
             description.get("smoothed", False),
+            description.get("qmax", 127),
         )
 
     def extra_repr(self) -> str:
         smoothed = ", smoothed" if self.input_scale is not None else ""
-        return f"in={self.in_features}, out={self.out_features}, act={self.act!r}{smoothed}"
+        grid = "" if self.qmax == 127 else f", qmax={self.qmax}"
+        return f"in={self.in_features}, out={self.out_features}, act={self.act!r}{smoothed}{grid}"
 
 
 def _ort_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -456,9 +467,14 @@ def _selected(
 
 
 def quantize_linears(
-    model: nn.Module, act: str = "token", scope: Scope | None = None, inplace: bool = False
+    model: nn.Module,
+    act: str = "token",
+    scope: Scope | None = None,
+    inplace: bool = False,
+    qmax: int = 127,
 ) -> nn.Module:
-    """Replace every ``nn.Linear`` (in ``scope``) by an :class:`Int8Linear`."""
+    """Replace every ``nn.Linear`` (in ``scope``) by an :class:`Int8Linear` (weights on
+    ``[-qmax, qmax]``)."""
     import copy
 
     target = model if inplace else copy.deepcopy(model)
@@ -466,7 +482,7 @@ def quantize_linears(
     if not chosen:
         raise UnsupportedError("int8 Linear quantization found no nn.Linear layer in the model")
     for name, module in chosen:
-        set_module(target, name, Int8Linear.from_linear(module, act))
+        set_module(target, name, Int8Linear.from_linear(module, act, qmax))
     return target.eval()
 
 
@@ -541,6 +557,10 @@ class LinearInt8(TechniqueConfig):
             activation scale is one per tensor).
         calibration_batches: batches of the task's train split (test split when it has
             none) that measure the activation maxima for ``smooth``.
+        reduce_range: weights on the 7-bit grid ``[-64, 64]`` (``scale = max|w_row| / 64``),
+            which ONNX Runtime's u8s8 kernels compute exactly on every x86 CPU, VNNI or
+            not. None (default): on for ``act="tensor"`` (the ONNX Runtime scheme), off for
+            ``token`` / ``none`` (torchao re-quantizes on the full int8 grid).
     """
 
     name = "linear_int8"
@@ -549,8 +569,19 @@ class LinearInt8(TechniqueConfig):
     scope: Scope = Scope()
     smooth: float = 0.0
     calibration_batches: int = 8
+    reduce_range: bool | None = None
+
+    @property
+    def weight_qmax(self) -> int:
+        """The weight grid's bound: 64 with ``reduce_range`` in force, else 127."""
+        reduce = self.act == "tensor" if self.reduce_range is None else self.reduce_range
+        return 64 if reduce else 127
 
     def __post_init__(self) -> None:
+        if self.reduce_range is not None and not isinstance(self.reduce_range, bool):
+            raise ConfigError(
+                f"linear_int8.reduce_range must be true, false or null, got {self.reduce_range!r}"
+            )
         if self.act not in ACT_MODES:
             raise ConfigError(f"act {self.act!r} is unknown; use one of {', '.join(ACT_MODES)}")
         if isinstance(self.smooth, bool) or not (
@@ -607,7 +638,7 @@ def _linear_int8(model: nn.Module, config: LinearInt8, context: ApplyContext) ->
             context.task, config.calibration_batches, "linear_int8.smooth"
         )
         model = smooth_linears(model, batches, config.smooth, config.scope, inplace=True)
-    model = quantize_linears(model, config.act, config.scope, inplace=True)
+    model = quantize_linears(model, config.act, config.scope, inplace=True, qmax=config.weight_qmax)
     count = sum(isinstance(m, Int8Linear) for m in model.modules())
     context.notes.setdefault("quantization", {}).update(
         technique=config.name,

@@ -38,9 +38,22 @@ def check_bits(bits: int, field: str = "bits") -> int:
     return bits
 
 
-def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
-    """The integer grid ``(qmin, qmax)`` for a bit width and scheme."""
+REDUCED_SYMMETRIC = (-64, 64)
+"""The 8-bit weight grid of ``reduce_range`` (ONNX Runtime's reduced int8 range): with
+weights within +-64, two uint8 x int8 products never exceed int16 (2 * 255 * 64 = 32,640),
+so the u8s8 kernels of x86 CPUs without VNNI (VPMADDUBSW, which sums pairs of products
+into a saturating int16) compute exactly what the simulation computes."""
+
+
+def qrange(bits: int, symmetric: bool, reduce_range: bool = False) -> tuple[int, int]:
+    """The integer grid ``(qmin, qmax)`` for a bit width and scheme.
+
+    ``reduce_range`` narrows an 8-bit grid to 7 bits the way ONNX Runtime does
+    (symmetric ``[-64, 64]``, asymmetric ``[0, 127]``); narrower grids are unchanged.
+    """
     check_bits(bits)
+    if reduce_range and bits == 8:
+        return REDUCED_SYMMETRIC if symmetric else (0, 127)
     if symmetric:
         return -(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
@@ -56,10 +69,14 @@ def _along(values: torch.Tensor, like: torch.Tensor, axis: int | None) -> torch.
 
 
 def compute_qparams(
-    min_val: torch.Tensor, max_val: torch.Tensor, bits: int, symmetric: bool
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    reduce_range: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that cover ``[min_val, max_val]`` (tensors, per channel or scalar)."""
-    qmin, qmax = qrange(bits, symmetric)
+    qmin, qmax = qrange(bits, symmetric, reduce_range)
     min_val = torch.minimum(min_val.float(), torch.zeros_like(min_val, dtype=torch.float32))
     max_val = torch.maximum(max_val.float(), torch.zeros_like(max_val, dtype=torch.float32))
     if symmetric:
@@ -148,12 +165,16 @@ class Observer:
         bits: bit width of the grid.
         symmetric: symmetric signed grid, or asymmetric unsigned grid with a zero point.
         axis: channel axis for per-channel ranges; None for one range per tensor.
+        reduce_range: an 8-bit grid narrowed to 7 bits (see :func:`qrange`).
     """
 
-    def __init__(self, bits: int, symmetric: bool, axis: int | None = None) -> None:
+    def __init__(
+        self, bits: int, symmetric: bool, axis: int | None = None, reduce_range: bool = False
+    ) -> None:
         self.bits = check_bits(bits)
         self.symmetric = symmetric
         self.axis = axis
+        self.reduce_range = reduce_range
         self.min_val: torch.Tensor | None = None
         self.max_val: torch.Tensor | None = None
 
@@ -185,7 +206,9 @@ class Observer:
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point (scalars per tensor, vectors per channel)."""
         low, high = self.range()
-        scale, zero_point = compute_qparams(low, high, self.bits, self.symmetric)
+        scale, zero_point = compute_qparams(
+            low, high, self.bits, self.symmetric, self.reduce_range
+        )
         if self.axis is None:
             return scale.reshape(()), zero_point.reshape(())
         return scale, zero_point
@@ -271,13 +294,15 @@ class MSEObserver(Observer):
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = super().range()
         assert self._sample is not None
-        qmin, qmax = qrange(self.bits, self.symmetric)
+        qmin, qmax = qrange(self.bits, self.symmetric, self.reduce_range)
         best_err = torch.full_like(low, math.inf)
         best_low, best_high = low.clone(), high.clone()
         for step in range(self.grid):
             ratio = 1e-3 ** (step / (self.grid - 1))
             cand_low, cand_high = low * ratio, high * ratio
-            scale, zero_point = compute_qparams(cand_low, cand_high, self.bits, self.symmetric)
+            scale, zero_point = compute_qparams(
+                cand_low, cand_high, self.bits, self.symmetric, self.reduce_range
+            )
             restored = fake_quantize(self._sample, scale, zero_point, qmin, qmax, axis=0)
             err = (restored - self._sample).pow(2).mean(dim=1)
             better = err < best_err
@@ -293,14 +318,19 @@ def make_observer(
     symmetric: bool,
     axis: int | None = None,
     percentile: float = 99.99,
+    reduce_range: bool = False,
 ) -> Observer:
     """An observer by name: ``minmax``, ``moving_average``, ``percentile`` or ``mse``."""
+    observer: Observer
     if name == "minmax":
-        return MinMaxObserver(bits, symmetric, axis)
-    if name == "moving_average":
-        return MovingAverageObserver(bits, symmetric, axis)
-    if name == "percentile":
-        return PercentileObserver(bits, symmetric, axis, percentile)
-    if name == "mse":
-        return MSEObserver(bits, symmetric, axis)
-    raise ConfigError(f"observer {name!r} is unknown; use one of {', '.join(OBSERVERS)}")
+        observer = MinMaxObserver(bits, symmetric, axis)
+    elif name == "moving_average":
+        observer = MovingAverageObserver(bits, symmetric, axis)
+    elif name == "percentile":
+        observer = PercentileObserver(bits, symmetric, axis, percentile)
+    elif name == "mse":
+        observer = MSEObserver(bits, symmetric, axis)
+    else:
+        raise ConfigError(f"observer {name!r} is unknown; use one of {', '.join(OBSERVERS)}")
+    observer.reduce_range = reduce_range
+    return observer

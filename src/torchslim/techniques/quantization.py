@@ -5,6 +5,11 @@ fake-quantizers (see :mod:`torchslim.techniques.fake_quant`), whose metric is
 what int8 / low-bit kernels would compute. The deployed artifacts are made by
 :mod:`torchslim.export` (ONNX Runtime int8, torchao int8, packed low-bit file).
 
+Portable int8 (``reduce_range``, default on): 8-bit weights use the 7-bit grid
+``[-64, 64]``, so the ONNX Runtime int8 file computes exactly the simulated integers on
+every CPU, including x86 CPUs without VNNI, whose u8s8 kernels saturate pairs of
+full-range products (docs/techniques.md, "int8 on every CPU").
+
 Mixed precision: ``layer_bits=(("features.0", 8), ("re:classifier.*", 4), ("Conv1d", 6))``
 sets weight bits per layer by name, ``re:`` pattern or type (the last match wins);
 ``layer_act_bits`` does the same for the bits of each layer's input activation
@@ -71,9 +76,15 @@ class _WeightQuantFields(TechniqueConfig):
     percentile: float = 99.99
     layer_bits: tuple[tuple[str, int], ...] = ()
     scope: Scope = Scope()
+    reduce_range: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        if not isinstance(self.reduce_range, bool):
+            raise ConfigError(
+                f"reduce_range must be true or false, got {self.reduce_range!r}; keep true for "
+                "int8 files that are exact on every CPU (see docs/techniques.md)"
+            )
         if self.observer not in _WEIGHT_OBSERVERS:
             raise ConfigError(
                 f"observer {self.observer!r} is unknown for weights; use one of "
@@ -254,7 +265,13 @@ def _wrap(
         bits = layer_bits(name, module, config.bits, config.layer_bits)
         channels = module.weight.shape[0]
         weight_quant = WeightQuantizer(
-            bits, config.symmetric, config.per_channel, channels, config.observer, config.percentile
+            bits,
+            config.symmetric,
+            config.per_channel,
+            channels,
+            config.observer,
+            config.percentile,
+            config.reduce_range,
         )
         weight_quant.calibrate(module.weight)
         input_quant = None
@@ -500,12 +517,17 @@ def _dynamic_quant(model: nn.Module, config: DynamicQuant, context: ApplyContext
 def _quantize_rnn_weights(module: nn.Module, config: DynamicQuant, name: str) -> int:
     """Round an LSTM / GRU's weight matrices to their grid in place (activations stay float)."""
     bits = layer_bits(name, module, config.bits, config.layer_bits)
-    qmin, qmax = qrange(bits, config.symmetric)
+    qmin, qmax = qrange(bits, config.symmetric, config.reduce_range)
     for param_name, param in module.named_parameters():
         if not param_name.startswith("weight"):
             continue
         quantizer = WeightQuantizer(
-            bits, config.symmetric, config.per_channel, param.shape[0], config.observer
+            bits,
+            config.symmetric,
+            config.per_channel,
+            param.shape[0],
+            config.observer,
+            reduce_range=config.reduce_range,
         )
         quantizer.calibrate(param)
         param.copy_(

@@ -1,0 +1,169 @@
+"""Deployed int8 is right on every CPU, checked on the kernel path of CPUs without VNNI.
+
+x86 CPUs without VNNI (AVX2 only, AVX-512 without VNNI) run ONNX Runtime's uint8 x int8
+kernels with VPMADDUBSW, which saturates pairs of products in int16; VNNI / AMX CPUs (and
+ARM) do not. So that CI on *any* machine exercises the saturating path, these tests write
+every kind of ONNX Runtime int8 file torchslim makes (static QDQ with carried scales,
+dynamic, QAT scales, transformer dynamic int8 with SmoothQuant, MatMulNBits), run them
+natively and under ``qemu-x86_64 -cpu max`` (Debian's qemu-user 7.2 emulates AVX2 but no
+VNNI and no AVX-512; ``.ci/run`` installs it), and compare both with the PyTorch simulation.
+
+Margins: the files are portable (weights within +-64), so the emulated run computes the
+same integers as the native one; the float parts (dequantization, bias, activations) may
+round differently with other SIMD widths, so emulated and native outputs must agree to
+60 dB, far above the 35-40 dB that one int8 rounding step leaves. A full-range file
+(``reduce_range=False``, ``portable=False``) is the control: under emulation it must fall
+far below its simulation, or the check would not be exercising the saturating kernels
+(on today's code before the fix, every file torchslim wrote behaved like the control).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torchslim as ts
+from torchslim.export.onnx import export_ort_int8
+from torchslim.techniques import apply
+from torchslim.techniques.quant_math import sqnr
+from torchslim.techniques.quantization import QAT, DynamicQuant, StaticQuant
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+RUNNER = Path(__file__).with_name("ort_runner.py")
+QEMU = shutil.which("qemu-x86_64")
+
+
+def _need_emulator() -> None:
+    if platform.machine() == "x86_64" and QEMU is not None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(
+            "qemu-x86_64 is missing: .ci/run installs Debian's qemu-user (apt-get install "
+            "qemu-user) so that the non-VNNI int8 kernels are tested on every machine"
+        )
+    pytest.skip("needs qemu-x86_64 (Debian package qemu-user) on an x86-64 machine")
+
+
+def run_onnx(jobs: dict[str, tuple[Path, dict[str, np.ndarray]]], folder: Path, emulated: bool):
+    """Outputs of each ONNX file on its feeds, natively or under qemu (AVX2, no VNNI); and
+    whether that CPU's u8s8 kernels were exact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"jobs": [], "out": str(folder / "outputs.npz")}
+    for name, (model, feeds) in jobs.items():
+        np.savez(folder / f"{name}.npz", **feeds)
+        manifest["jobs"].append(
+            {"name": name, "model": str(model), "inputs": str(folder / f"{name}.npz")}
+        )
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    command = [sys.executable, str(RUNNER), str(folder / "manifest.json")]
+    if emulated:
+        command = [QEMU, "-cpu", "max", *command]
+    subprocess.run(command, check=True, timeout=600, capture_output=True)
+    outputs = dict(np.load(folder / "outputs.npz"))
+    exact = json.loads((folder / "outputs.json").read_text())["u8s8_exact"]
+    return outputs, exact
+
+
+def _db(reference: np.ndarray | torch.Tensor, other: np.ndarray) -> float:
+    return sqnr(torch.as_tensor(np.asarray(reference)), torch.from_numpy(np.asarray(other)))
+
+
+def _accuracy(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> float:
+    return float((torch.as_tensor(np.asarray(logits)).argmax(1) == labels).float().mean())
+
+
+def _test_split(task: ts.Task) -> tuple[torch.Tensor, torch.Tensor]:
+    batches = list(task.loader("test"))
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def test_int8_files_compute_their_simulation_without_vnni(mnist1d, tiny_task, tmp_path):
+    _need_emulator()
+    task, base = mnist1d
+    x, labels = _test_split(task)
+    mlp = tiny_task.baseline(progress=False)
+    mlp_x, mlp_labels = _test_split(tiny_task)
+    simulations = {
+        "static": (apply(base, StaticQuant(sqnr_samples=0), task), task, "static"),
+        "qat": (
+            apply(base, QAT(epochs=1, learn_scales=True, sqnr_samples=0), task),
+            task,
+            "static",
+        ),
+        "dynamic": (apply(mlp, DynamicQuant(), tiny_task), tiny_task, "dynamic"),
+    }
+    jobs, simulated, inputs = {}, {}, {}
+    for name, (model, owner, mode) in simulations.items():
+        deployed = export_ort_int8(model, owner, tmp_path / f"{name}.onnx", mode=mode)
+        inputs[name] = x if owner is task else mlp_x
+        jobs[name] = (tmp_path / f"{name}.onnx", deployed.feeds(inputs[name]))
+        with torch.no_grad():
+            simulated[name] = model(inputs[name])
+    # the control: full-range 8-bit weights, kept full range in the file
+    full = apply(base, StaticQuant(sqnr_samples=0, reduce_range=False), task)
+    export_ort_int8(full, task, tmp_path / "full.onnx", portable=False)
+    jobs["full"] = (tmp_path / "full.onnx", jobs["static"][1])
+    with torch.no_grad():
+        simulated["full"] = full(x)
+
+    native, native_exact = run_onnx(jobs, tmp_path / "native", emulated=False)
+    emulated, emulated_exact = run_onnx(jobs, tmp_path / "emulated", emulated=True)
+    assert emulated_exact is False, "qemu's CPU has exact u8s8 kernels: the check tests nothing"
+
+    for name in simulations:
+        label = mlp_labels if simulations[name][1] is tiny_task else labels
+        gap = abs(_accuracy(emulated[name], label) - _accuracy(simulated[name], label))
+        assert _db(native[name], emulated[name]) > 60, name  # same integers on both CPUs
+        assert _db(simulated[name], emulated[name]) > 30, name
+        assert gap <= 0.005, (name, gap)
+    # without the remedy the emulated CPU computes something else than the simulation
+    assert _db(simulated["full"], emulated["full"]) < _db(simulated["static"], emulated["static"]) - 10
+    if native_exact:  # on a VNNI machine the full-range file is exact natively
+        assert _db(simulated["full"], native["full"]) > 30
+
+
+def test_transformer_int8_files_compute_their_simulation_without_vnni(tmp_path):
+    _need_emulator()
+    pytest.importorskip("transformers")
+    from hf_helpers import tiny_embedding_task
+    from torchslim.hf.export import OrtEncoder, export_ort_nbits
+    from torchslim.hf.export import export_ort_int8 as export_hf_int8
+    from torchslim.hf.metrics import fidelity_stats
+    from torchslim.hf.quant import LinearInt8
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _, task = tiny_embedding_task(tmp_path / "bert", texts=48, seq_len=24)
+    model = task.build_model().eval()
+    with torch.no_grad():  # outlier channels, as trained encoders have (see test_hf_smooth)
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight[[3, 17, 40]] *= 30.0
+    inputs = task.inputs(16)
+    smooth = apply(model, LinearInt8(act="tensor", smooth=0.7), task)
+    files = {
+        "smooth": export_hf_int8(smooth, task.inputs(2), tmp_path / "smooth.onnx"),
+        "nbits8": export_ort_nbits(model, task.inputs(2), tmp_path / "n8.onnx", bits=8),
+        "nbits4": export_ort_nbits(model, task.inputs(2), tmp_path / "n4.onnx", bits=4),
+    }
+    jobs = {name: (path, OrtEncoder(path).feeds(inputs)) for name, path in files.items()}
+    native, _ = run_onnx(jobs, tmp_path / "native", emulated=False)
+    emulated, exact = run_onnx(jobs, tmp_path / "emulated", emulated=True)
+    assert exact is False
+    with torch.no_grad():
+        simulated = smooth(**inputs).numpy()
+        reference = model(**inputs).numpy()
+    for name in files:
+        assert _db(native[name], emulated[name]) > 60, name
+    cos = fidelity_stats(torch.from_numpy(emulated["smooth"]), torch.from_numpy(reference))
+    sim = fidelity_stats(torch.from_numpy(simulated), torch.from_numpy(reference))
+    assert abs(cos["mean_cosine"] - sim["mean_cosine"]) < 2e-3  # test_hf_smooth's tolerance
+    assert cos["mean_cosine"] > 0.97
