@@ -125,14 +125,16 @@ def test_scale_groups_are_tensors_not_addresses():
 def test_smoothed_int8_beats_plain_int8_in_onnx_runtime(outlier_task, tmp_path):
     task, model = outlier_task
     reference = embed(model, task.loader("test"))
-    plain = apply(model, LinearInt8(), task)
-    smooth = apply(model, LinearInt8(smooth=0.7), task)
+    # act="tensor": ONNX Runtime's scheme, with the portable 7-bit weight grid it deploys
+    plain = apply(model, LinearInt8(act="tensor"), task)
+    smooth = apply(model, LinearInt8(act="tensor", smooth=0.7), task)
     assert (
         sum(isinstance(m, Int8Linear) and m.input_scale is not None for m in smooth.modules()) == 10
     )
     plain_stats = _fidelity(task, plain, reference, tmp_path, "plain")
     smooth_stats = _fidelity(task, smooth, reference, tmp_path, "smooth")
-    # measured: plain 0.961 (min 0.66), smoothed 0.994 (min 0.96)
+    # measured with 7-bit weights (reduce_range): plain 0.965 (min 0.65), smoothed 0.990
+    # (min 0.95); with full-range 8-bit weights 0.962 / 0.994, exact only on VNNI CPUs
     assert plain_stats["mean_cosine"] < 0.975
     assert smooth_stats["mean_cosine"] >= 0.985
     assert 1 - smooth_stats["mean_cosine"] < (1 - plain_stats["mean_cosine"]) / 3

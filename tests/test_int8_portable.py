@@ -19,12 +19,7 @@ far below its simulation, or the check would not be exercising the saturating ke
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +28,16 @@ import torch
 
 import torchslim as ts
 from torchslim.export.onnx import export_ort_int8
+from torchslim.hardware import emulator, run_onnx_files
 from torchslim.techniques import apply
 from torchslim.techniques.quant_math import sqnr
 from torchslim.techniques.quantization import QAT, DynamicQuant, StaticQuant
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RUNNER = Path(__file__).with_name("ort_runner.py")
-QEMU = shutil.which("qemu-x86_64")
 
 
 def _need_emulator() -> None:
-    if platform.machine() == "x86_64" and QEMU is not None:
+    if emulator() is not None:
         return
     if os.environ.get("CI"):
         pytest.fail(
@@ -53,24 +47,8 @@ def _need_emulator() -> None:
     pytest.skip("needs qemu-x86_64 (Debian package qemu-user) on an x86-64 machine")
 
 
-def run_onnx(jobs: dict[str, tuple[Path, dict[str, np.ndarray]]], folder: Path, emulated: bool):
-    """Outputs of each ONNX file on its feeds, natively or under qemu (AVX2, no VNNI); and
-    whether that CPU's u8s8 kernels were exact."""
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"jobs": [], "out": str(folder / "outputs.npz")}
-    for name, (model, feeds) in jobs.items():
-        np.savez(folder / f"{name}.npz", **feeds)
-        manifest["jobs"].append(
-            {"name": name, "model": str(model), "inputs": str(folder / f"{name}.npz")}
-        )
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    command = [sys.executable, str(RUNNER), str(folder / "manifest.json")]
-    if emulated:
-        command = [QEMU, "-cpu", "max", *command]
-    subprocess.run(command, check=True, timeout=600, capture_output=True)
-    outputs = dict(np.load(folder / "outputs.npz"))
-    exact = json.loads((folder / "outputs.json").read_text())["u8s8_exact"]
-    return outputs, exact
+def run_onnx(jobs, folder: Path, emulated: bool):
+    return run_onnx_files(jobs, folder, emulated=emulated)
 
 
 def _db(reference: np.ndarray | torch.Tensor, other: np.ndarray) -> float:
@@ -126,7 +104,9 @@ def test_int8_files_compute_their_simulation_without_vnni(mnist1d, tiny_task, tm
         assert _db(simulated[name], emulated[name]) > 30, name
         assert gap <= 0.005, (name, gap)
     # without the remedy the emulated CPU computes something else than the simulation
-    assert _db(simulated["full"], emulated["full"]) < _db(simulated["static"], emulated["static"]) - 10
+    assert (
+        _db(simulated["full"], emulated["full"]) < _db(simulated["static"], emulated["static"]) - 10
+    )
     if native_exact:  # on a VNNI machine the full-range file is exact natively
         assert _db(simulated["full"], native["full"]) > 30
 

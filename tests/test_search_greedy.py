@@ -347,3 +347,44 @@ def test_latency_finalists_are_timed_together_and_reordered(tmp_path) -> None:
     assert [r.name for r in order[:2]] == ["small", "large"]  # one run: the small one is faster
     assert order[2] is feasible[2]  # outside the 30 % window: not re-timed, kept last
     assert notes and notes[0].startswith("finalists timed together at batch 1")
+
+
+def test_a_candidate_whose_deployed_file_misses_the_budget_is_never_accepted(
+    tmp_path, monkeypatch
+) -> None:
+    """Plant a deployed int8 file that is wrong (as full-range int8 is on CPUs without VNNI):
+    its simulation meets the budget, the file does not, so the optimizer must refuse it."""
+    from torchslim.export.onnx import OrtModule
+
+    real_forward = OrtModule.forward
+
+    def wrong_int8(self, *inputs):
+        out = real_forward(self, *inputs)
+        return out.roll(1, dims=1) if b"QuantizeLinear" in self.model_bytes else out
+
+    monkeypatch.setattr(OrtModule, "forward", wrong_int8)
+    result = optimize(
+        make_task(),
+        max_drop=5.0,
+        objective="latency",
+        runtime="onnxruntime",
+        techniques=["static_quant"],
+        strategy="greedy",
+        trials=2,
+        recovery_epochs=1,
+        out=tmp_path,
+        progress=False,
+    )
+    int8 = [r for r in result.records if "static_quant" in r.candidate.techniques]
+    assert int8, "the search never tried int8"
+    for record in int8:
+        candidate = record.candidate
+        assert candidate.deployed_gap() > 0.3  # simulated ~0.99, deployed file ~1/3
+        assert record.val_metric == pytest.approx(candidate.deployed.metric)
+    assert result.best is None or "static_quant" not in result.best.techniques
+    assert any("below its simulation" in note for note in result.report.notes)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    gaps = {c["name"]: c["deployed_gap"] for c in saved["candidates"]}
+    assert any(gap is not None and gap > 0.3 for gap in gaps.values())
+    assert saved["gap_flagged"] and set(saved["gap_flagged"]) <= set(gaps)
+    assert saved["hardware"]["cpu"] and "u8s8_exact" in saved["hardware"]

@@ -75,6 +75,12 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _hardware_record() -> dict[str, Any]:
+    from torchslim.hardware import spec_record
+
+    return spec_record()
+
+
 def save_checkpoint(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -91,6 +97,7 @@ def save_checkpoint(
     """
     payload = dict(spec or {})
     payload.setdefault("format", FORMAT)
+    payload.setdefault("hardware", _hardware_record())
     if isinstance(payload.get("arch"), dict) and "structure" not in payload:
         from torchslim.structure import reference_model, structure_diff
 

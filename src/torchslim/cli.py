@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from torchslim._version import __version__
+from torchslim.hardware import machine_record
 
 EXAMPLES = {
     "train": "example: torchslim train mnist1d-cnn --out out/mnist1d",
@@ -377,6 +378,7 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
         baseline=run.baseline_footprint,
         candidates=[run.candidate],
         best=run.candidate.name,
+        hardware=machine_record(args.threads),
     )
     report.save(out)
     recipe.save(out / "recipe.yaml")

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from torchslim import tasks
+from torchslim.hardware import machine_record
 from torchslim.measure import checkpoint_io, compare, measure_many
 from torchslim.pipeline import (
     Applied,
@@ -182,6 +183,7 @@ def run_demo(
         baseline=footprints[0],
         candidates=candidates,
         budget=dict(BUDGET),
+        hardware=machine_record(1),
     )
     report.pareto = report.size_front()
     within = [c for c in candidates if report.within_budget(c)]

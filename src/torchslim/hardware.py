@@ -214,3 +214,104 @@ def warn_if_saturating(model_bytes: bytes, label: str = "this ONNX model") -> li
             stacklevel=3,
         )
     return layers
+
+
+def spec_record() -> dict[str, Any]:
+    """The compact machine record an artifact's spec carries (``hardware``): CPU, int8
+    flags, whether u8s8 kernels are exact, torch / ONNX Runtime versions, threads."""
+    import torch
+
+    full = machine_record(torch.get_num_threads())
+    keys = ("cpu", "int8_flags", "u8s8_exact", "torch", "onnxruntime", "threads")
+    return {key: full[key] for key in keys}
+
+
+def stamp_onnx(path: str | Path) -> None:
+    """Record :func:`spec_record` in an ONNX file's metadata (``torchslim.hardware``)."""
+    import json
+
+    import onnx
+
+    from torchslim.checkpoint import atomic_path
+
+    model = onnx.load(str(path))
+    for prop in list(model.metadata_props):
+        if prop.key == ONNX_HARDWARE_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=ONNX_HARDWARE_KEY, value=json.dumps(spec_record()))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def onnx_record(model_bytes: bytes) -> dict[str, Any] | None:
+    """The machine record stamped in an ONNX file by :func:`stamp_onnx`, if any."""
+    import json
+
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    for prop in model.metadata_props:
+        if prop.key == ONNX_HARDWARE_KEY:
+            try:
+                value = json.loads(prop.value)
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+ONNX_HARDWARE_KEY = "torchslim.hardware"
+
+
+def emulator() -> str | None:
+    """``qemu-x86_64`` when this x86-64 machine has it (Debian's qemu-user): it runs ONNX
+    Runtime on an emulated AVX2 CPU without VNNI (``-cpu max`` in qemu 7.2)."""
+    import shutil
+
+    if platform.machine() != "x86_64":
+        return None
+    return shutil.which("qemu-x86_64")
+
+
+def run_onnx_files(
+    jobs: dict[str, tuple[str | Path, dict[str, np.ndarray]]],
+    folder: str | Path,
+    emulated: bool = False,
+    timeout: float = 900,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Outputs of ONNX files on their feeds (``{name: (model path, feeds)}``) from a separate
+    process, natively or under qemu's AVX2 CPU without VNNI; also whether that CPU's u8s8
+    kernels were exact. Only numpy and ONNX Runtime run in that process.
+
+    Raises:
+        UnsupportedError: ``emulated`` on a machine without ``qemu-x86_64``.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from torchslim.errors import UnsupportedError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"jobs": [], "out": str(folder / "outputs.npz")}
+    for name, (model, feeds) in jobs.items():
+        np.savez(folder / f"{name}.npz", **feeds)
+        manifest["jobs"].append(
+            {"name": name, "model": str(model), "inputs": str(folder / f"{name}.npz")}
+        )
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    runner = Path(__file__).with_name("ort_runner.py")
+    command = [sys.executable, str(runner), str(folder / "manifest.json")]
+    if emulated:
+        qemu = emulator()
+        if qemu is None:
+            raise UnsupportedError(
+                "emulating a CPU without VNNI needs qemu-x86_64 on an x86-64 machine; install "
+                "Debian's qemu-user (apt-get install qemu-user)"
+            )
+        command = [qemu, "-cpu", "max", *command]
+    subprocess.run(command, check=True, timeout=timeout, capture_output=True)
+    outputs = dict(np.load(folder / "outputs.npz"))
+    exact = json.loads((folder / "outputs.json").read_text(encoding="utf-8"))["u8s8_exact"]
+    return outputs, bool(exact)

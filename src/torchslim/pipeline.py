@@ -46,6 +46,8 @@ class RecipeRun:
     baseline_footprint: Footprint
     notes: dict[str, Any] = field(default_factory=dict)
     artifact: Path | None = None
+    deployed: nn.Module | None = None
+    """The deployed ONNX Runtime model (an ``OrtModule``) when the recipe was deployed."""
 
 
 def weight_sparsity(model: nn.Module) -> float:
@@ -235,11 +237,12 @@ def run_recipe(
     wants_deploy = (
         deploy if deploy is not None else (has_int_grid(model) or requested == "onnx-int8")
     )
+    deployed = None
     if wants_deploy or requested == "onnx":
-        deploy_onnx(
+        deployed = deploy_onnx(
             candidate, model, base, task, out, label, requested, threads, batch_n, latency, split
         )
-    return RecipeRun(model, candidate, baseline_footprint, applied.notes, artifact)
+    return RecipeRun(model, candidate, baseline_footprint, applied.notes, artifact, deployed)
 
 
 def _measure(
@@ -294,8 +297,12 @@ def deploy_onnx(
     batch_n: int,
     latency: bool,
     split: str = "test",
-) -> None:
-    """Export to ONNX Runtime (int8 for quantized models) and measure it against fp32 ORT.
+) -> nn.Module:
+    """Export to ONNX Runtime (int8 for quantized models) and measure it against fp32 ORT;
+    returns the deployed model (an ``OrtModule``).
+
+    The deployed metric is measured on the deployed file itself: when it falls below the
+    simulated one, the report shows both (``deployed_gap``) and budgets use the deployed one.
 
     ONNX Runtime sessions expose no parameters and the flop counter cannot see inside
     them, so the deployed footprints take params / MACs from the models they were
@@ -336,6 +343,7 @@ def deploy_onnx(
         macs = count_macs(source_model, task.inputs(1))
         target.macs, target.flops = macs.macs, macs.flops
     candidate.deployed_reference, candidate.deployed = reference_fp, deployed_fp
+    return deployed
 
 
 def _layer_notes(notes: dict[str, Any]) -> dict[str, dict[str, float]]:

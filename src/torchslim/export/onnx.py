@@ -34,7 +34,7 @@ from torch import nn
 
 from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
-from torchslim.hardware import PORTABLE_WEIGHT_BOUND, warn_if_saturating
+from torchslim.hardware import PORTABLE_WEIGHT_BOUND, stamp_onnx, warn_if_saturating
 from torchslim.measure import ArtifactIO, register_runtime
 from torchslim.progress import quiet_logs
 from torchslim.techniques.fake_quant import to_float_model
@@ -456,6 +456,7 @@ def quantize_onnx(
                     nodes_to_exclude=exclude,
                     reduce_range=reduce_range,
                 )
+    stamp_onnx(path)
     return Path(path)
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from torchslim.checkpoint import SPEC_KEY, atomic_path
 from torchslim.errors import CheckpointError
+from torchslim.hardware import spec_record
 from torchslim.techniques.codebook import CodebookLayer
 from torchslim.techniques.fake_quant import QuantizedLayer
 
@@ -204,6 +205,7 @@ def save_packed(model: nn.Module, path: str | Path, spec: dict[str, Any] | None 
         + b"".join(chunks)
     )
     payload = dict(spec or {})
+    payload.setdefault("hardware", spec_record())
     payload.update(
         format=FORMAT,
         packed=packed_list,

@@ -38,6 +38,7 @@ from torch import nn
 from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.export.onnx import OrtSession, session_runner
+from torchslim.hardware import stamp_onnx
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
 
@@ -175,6 +176,7 @@ def quantize_dynamic_int8(
                 op_types_to_quantize=["MatMul", "Gather"] if quantize_gather else ["MatMul"],
                 reduce_range=reduce_range,
             )
+    stamp_onnx(path)
     return Path(path)
 
 

@@ -26,7 +26,7 @@ h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:.9rem}th,td{padding:.3rem .6rem;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}tr.best{background:#e8f6e8;font-weight:600}
 tr.over{color:#999}.note{color:#555;font-size:.85rem}img{max-width:100%}
-.sim{color:#b35900;font-size:.8rem}
+.sim{color:#b35900;font-size:.8rem}tr.gap td:first-child,p.gap{color:#b00020;font-weight:600}
 """
 
 
@@ -159,6 +159,8 @@ def comparison_table(report: Report) -> str:
             classes.append("best")
         if not row["within_budget"]:
             classes.append("over")
+        if row.get("gap"):
+            classes.append("gap")
         cells = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row["cells"])
         body.append(f'<tr class="{" ".join(classes)}">{cells}</tr>')
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -174,6 +176,17 @@ def render_html(report: Report) -> str:
     )
     best = f"best within budget: <b>{html.escape(report.best)}</b>" if report.best else "best: none"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
+    from torchslim.hardware import describe
+
+    machine = html.escape(describe(report.hardware))
+    flagged = [c.name for c in report.candidates if report.gap_flagged(c)]
+    gap_note = (
+        f'<p class="gap">The deployed artifact of {html.escape(", ".join(flagged))} scores more '
+        f"than {report.gap_limit():.4f} below its simulation (row marked !): trust the deployed "
+        "row.</p>"
+        if flagged
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>torchslim report: {html.escape(report.task)}</title>
 <style>{_STYLE}</style></head><body>
@@ -181,8 +194,10 @@ def render_html(report: Report) -> str:
 <p>baseline {html.escape(report.metric_name)} {base.metric:.4f}, {human_count(base.params)} params,
 {human_bytes(base.artifact_bytes)} artifact, {human_count(base.macs)} MACs; latency on
 {html.escape(base.runtime)} with {base.threads} thread(s), batch 1 and {base.batch_n}. {budget}; {best}.</p>
+<p>measured on: {machine}</p>
 <h2>Comparison</h2>
 {comparison_table(report)}
+{gap_note}
 <p class="note">Ratios are baseline / candidate (higher is better). Rows marked "simulated" are
 fake-quantized models measured in PyTorch; their deployed artifact appears on its own row.</p>
 <h2>Pareto front</h2>

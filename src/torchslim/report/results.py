@@ -10,7 +10,11 @@ Keys (stable; documented in docs/architecture.md)::
      "best": str | null, "budget": {"max_drop", "drop_type"} | null}
 
 Extra optional keys: ``pareto`` (candidate names on the front), ``sensitivity``
-(curves per layer), ``notes`` (free text lines).
+(curves per layer), ``notes`` (free text lines), ``hardware`` (the machine that measured
+the run: :func:`torchslim.hardware.machine_record`), ``gap_flagged`` (candidates whose
+deployed metric falls below their simulated one by more than :meth:`Report.gap_limit`);
+per candidate ``deployed_gap`` (simulated metric minus deployed metric, metric units;
+null when nothing was deployed).
 """
 
 from __future__ import annotations
@@ -56,6 +60,22 @@ class Candidate:
     deployed_reference: Footprint | None = None
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def deployed_gap(self) -> float | None:
+        """Simulated metric minus the deployed artifact's (metric units; None if not deployed).
+
+        Positive when the deployed file scores less than its simulation said."""
+        if self.deployed is None:
+            return None
+        return float(self.footprint.metric) - float(self.deployed.metric)
+
+    def shipped_metric(self) -> float:
+        """The metric a budget is checked against: the deployed artifact's when it scores
+        less than the simulation, else the candidate's own."""
+        gap = self.deployed_gap()
+        if gap is not None and gap > 0:
+            return float(self.deployed.metric)  # type: ignore[union-attr]
+        return float(self.footprint.metric)
+
     def deployed_speedup(self) -> dict[str, float]:
         """Deployed artifact's speedup over the fp32 model on the same runtime."""
         if self.deployed is None or self.deployed_reference is None:
@@ -85,6 +105,7 @@ class Candidate:
                     else None
                 ),
                 "deployed_speedup": self.deployed_speedup() or None,
+                "deployed_gap": self.deployed_gap(),
                 "layers": self.layers,
             }
         )
@@ -122,6 +143,7 @@ class Report:
     pareto: list[str] = field(default_factory=list)
     sensitivity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    hardware: dict[str, Any] | None = None
 
     def candidate(self, name: str) -> Candidate:
         """The candidate called ``name``."""
@@ -132,11 +154,27 @@ class Report:
             f"no candidate named {name!r}; names: {[c.name for c in self.candidates]}"
         )
 
+    def gap_limit(self) -> float:
+        """How far a deployed metric may fall below its simulation before it is flagged:
+        the budget's allowed drop (metric units), or one point without a budget."""
+        if not self.budget:
+            return 0.01
+        if self.budget.get("drop_type", "absolute") == "relative":
+            return float(self.budget["max_drop"]) * abs(self.baseline.metric)
+        return float(self.budget["max_drop"])
+
+    def gap_flagged(self, candidate: Candidate) -> bool:
+        """Whether the candidate's deployed artifact falls short of its simulation by more
+        than :meth:`gap_limit`."""
+        gap = candidate.deployed_gap()
+        return gap is not None and gap > self.gap_limit() + 1e-12
+
     def within_budget(self, candidate: Candidate) -> bool:
-        """Whether a candidate's metric drop meets the budget (True without a budget)."""
+        """Whether a candidate's metric drop meets the budget (True without a budget); a
+        deployed artifact that scores less than the simulation is what counts."""
         if not self.budget:
             return True
-        drop = self.baseline.metric - candidate.footprint.metric
+        drop = self.baseline.metric - candidate.shipped_metric()
         if self.budget.get("drop_type", "absolute") == "relative":
             drop = drop / self.baseline.metric if self.baseline.metric else math.inf
         return drop <= self.budget["max_drop"] + 1e-12
@@ -170,6 +208,8 @@ class Report:
             "pareto": self.pareto,
             "sensitivity": self.sensitivity,
             "notes": self.notes,
+            "hardware": self.hardware,
+            "gap_flagged": [c.name for c in self.candidates if self.gap_flagged(c)],
         }
 
     @classmethod
@@ -185,6 +225,7 @@ class Report:
                 pareto=data.get("pareto", []),
                 sensitivity=data.get("sensitivity", {}),
                 notes=data.get("notes", []),
+                hardware=data.get("hardware"),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(

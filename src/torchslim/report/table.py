@@ -173,10 +173,13 @@ def table_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:
             deployed = candidate.deployed
             speedup = candidate.deployed_speedup()
             drop = base.metric - deployed.metric
+            label = f"  deployed ({deployed.runtime})"
+            if report.gap_flagged(candidate):
+                label += f" ! {-(candidate.deployed_gap() or 0.0):+.4f} vs simulated"
             rows.append(
                 {
                     "cells": [
-                        f"  deployed ({deployed.runtime})",
+                        label,
                         _fmt(compare(base, deployed).params_ratio),
                         _fmt(compare(base, deployed).size_ratio),
                         _fmt(compare(base, deployed).macs_ratio),
@@ -188,7 +191,8 @@ def table_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:
                         human_bytes(deployed.artifact_bytes),
                     ],
                     "best": False,
-                    "within_budget": True,
+                    "within_budget": report.within_budget(candidate),
+                    "gap": report.gap_flagged(candidate),
                 }
             )
     return header, rows

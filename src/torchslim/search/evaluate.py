@@ -142,6 +142,7 @@ class Evaluator:
             baseline, task, split="val", latency=objective.needs_latency, **self._timing()
         )
         self.records: dict[str, Record] = {}
+        self.deployed_misses: list[str] = []  # candidates whose deployed file scored less
         self.stopped: list[tuple[float, Allocation]] = []  # (val drop, allocation) stopped early
         # deployed ONNX files are kept for a latency search on ONNX Runtime, so that the
         # finalists can be timed together (see optimize.retime_finalists)
@@ -221,11 +222,20 @@ class Evaluator:
             eager_latency=self.objective.runtime != "onnxruntime",
             **self._timing(),
         )
+        test_metric = self.task.evaluate(run.model, "test")
+        if run.deployed is not None:  # the deployed file is what ships: judge by the worse
+            test_metric = min(test_metric, self.task.evaluate(run.deployed, "test"))
+            gap = run.candidate.deployed_gap()
+            if gap is not None and gap > self.limit:
+                self.deployed_misses.append(
+                    f"{name}: its deployed ONNX Runtime file scores {gap:.4f} below its "
+                    "simulation on val; judged by the deployed metric"
+                )
         record = Record(
             name=name,
             allocation=allocation,
-            val_metric=run.candidate.footprint.metric,
-            test_metric=self.task.evaluate(run.model, "test"),
+            val_metric=run.candidate.shipped_metric(),
+            test_metric=test_metric,
             ratio=self.objective.ratio(run.candidate, self.base_val),
             candidate=run.candidate,
             seconds=time.perf_counter() - start,

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from torchslim.errors import ConfigError, TorchslimError
+from torchslim.hardware import machine_record
 from torchslim.pipeline import run_recipe
 from torchslim.recipe import Recipe
 from torchslim.report.results import Candidate, Report
@@ -349,6 +350,7 @@ def _finish(
             if feasible
             else min(records, key=lambda r: (evaluator.base_val.metric - r.val_metric, r.ratio))
         )
+    notes.extend(evaluator.deployed_misses)
     front = pareto_front(records)
     final_run = None
     label = "best" if chosen is not None else "best-found"
@@ -365,10 +367,18 @@ def _finish(
             threads=evaluator.threads,
             split="test",
         )
+        final = final_run.candidate
         met = chosen is not None and budget.met(
-            final_run.baseline_footprint.metric, final_run.candidate.footprint.metric
+            final_run.baseline_footprint.metric, final.shipped_metric()
         )
-        if chosen is not None and not met:
+        simulated_met = budget.met(final_run.baseline_footprint.metric, final.footprint.metric)
+        if chosen is not None and not met and simulated_met and final.deployed is not None:
+            notes.append(
+                f"the deployed ONNX Runtime file of the chosen recipe scores "
+                f"{final.deployed.metric:.4f} on test, {final.deployed_gap():.4f} below its "
+                "simulation, and misses the budget; not accepted"
+            )
+        elif chosen is not None and not met:
             notes.append("the re-run of the chosen recipe missed the budget on test; not accepted")
         baseline_fp = final_run.baseline_footprint
     else:
@@ -394,6 +404,7 @@ def _finish(
         pareto=[r.name for r in front],
         sensitivity=curves,
         notes=notes,
+        hardware=machine_record(evaluator.threads),
     )
     if out is not None:
         report.save(out)

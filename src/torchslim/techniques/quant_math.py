@@ -206,9 +206,7 @@ class Observer:
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point (scalars per tensor, vectors per channel)."""
         low, high = self.range()
-        scale, zero_point = compute_qparams(
-            low, high, self.bits, self.symmetric, self.reduce_range
-        )
+        scale, zero_point = compute_qparams(low, high, self.bits, self.symmetric, self.reduce_range)
         if self.axis is None:
             return scale.reshape(()), zero_point.reshape(())
         return scale, zero_point

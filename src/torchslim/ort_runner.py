@@ -5,7 +5,9 @@ Usage: ``python ort_runner.py MANIFEST.json``. The manifest lists ``jobs`` (``na
 ``model``: an .onnx path, ``inputs``: an .npz whose arrays are the session's feeds by input
 name) and ``out`` (the .npz to write, one array per job). ``OUT.json`` beside it records
 whether this CPU's u8s8 kernels are exact (:func:`torchslim.hardware.u8s8_exact`).
-The int8 portability tests run it under ``qemu-x86_64 -cpu max`` (an AVX2 CPU without VNNI).
+It is run as a script (``python .../torchslim/ort_runner.py``), never imported, so that it
+does not import the torchslim package: :func:`torchslim.hardware.run_onnx_files` runs it
+natively or under ``qemu-x86_64 -cpu max`` (an AVX2 CPU without VNNI).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import onnxruntime as ort
 
 
 def _hardware():
-    path = Path(__file__).resolve().parents[1] / "src" / "torchslim" / "hardware.py"
+    path = Path(__file__).resolve().with_name("hardware.py")
     spec = importlib.util.spec_from_file_location("torchslim_hardware", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
