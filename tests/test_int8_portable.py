@@ -147,3 +147,88 @@ def test_transformer_int8_files_compute_their_simulation_without_vnni(tmp_path):
     sim = fidelity_stats(torch.from_numpy(simulated), torch.from_numpy(reference))
     assert abs(cos["mean_cosine"] - sim["mean_cosine"]) < 2e-3  # test_hf_smooth's tolerance
     assert cos["mean_cosine"] > 0.97
+
+
+def test_a_full_range_file_on_a_saturating_cpu_warns_naming_the_weights(
+    mnist1d, tmp_path, monkeypatch
+):
+    import torchslim.hardware as hardware
+    from torchslim.export.onnx import OrtModule
+
+    task, base = mnist1d
+    full = apply(base, StaticQuant(sqnr_samples=0, reduce_range=False), task)
+    portable = apply(base, StaticQuant(sqnr_samples=0), task)
+    with pytest.warns(UserWarning, match="re-quantizes their weights to 7 bits"):
+        export_ort_int8(full, task, tmp_path / "requantized.onnx")  # portable=True by default
+    export_ort_int8(full, task, tmp_path / "full.onnx", portable=False)
+    export_ort_int8(portable, task, tmp_path / "portable.onnx")
+    assert hardware.saturating_weights(tmp_path / "portable.onnx") == []
+    assert hardware.saturating_weights(tmp_path / "requantized.onnx") == []
+    at_risk = hardware.saturating_weights(tmp_path / "full.onnx")
+    assert any("features.0" in name for name in at_risk)
+
+    monkeypatch.setattr(hardware, "u8s8_exact", lambda: False)  # as on an AVX2-only CPU
+    hardware._warned.clear()
+    with pytest.warns(UserWarning, match=r"saturate on weight\(s\) .*features\.0.*reduce_range"):
+        OrtModule(tmp_path / "full.onnx")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OrtModule(tmp_path / "portable.onnx")  # nothing to warn about
+
+
+def test_a_missing_kernel_names_the_operator_and_the_fallback():
+    from onnx import TensorProto, helper
+
+    from torchslim.export.onnx import missing_kernel, ort_session
+
+    node = helper.make_node("NoSuchKernel", ["a"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    with pytest.raises(ts.UnsupportedError, match="no CPU kernel for com.microsoft:NoSuchKernel"):
+        ort_session(model.SerializeToString())
+    # the message of a build without contrib ops, and the fallback it gets
+    message = "com.microsoft:MatMulNBits(-1) is not a registered function/op"
+    assert missing_kernel(message) == "com.microsoft:MatMulNBits"
+    assert missing_kernel("Could not find an implementation for MatMulNBits(1) node") == (
+        "MatMulNBits"
+    )
+    from torchslim.export.onnx import KERNEL_FALLBACKS
+
+    assert "linear_int8" in KERNEL_FALLBACKS["MatMulNBits"]
+
+
+def test_results_and_artifacts_record_the_machine(tiny_task, tmp_path):
+    from torchslim.checkpoint import read_spec
+    from torchslim.hardware import machine_record, onnx_record
+    from torchslim.report.results import Report
+
+    record = machine_record(1)
+    assert record["threads"] == 1 and record["torch"] == torch.__version__
+    assert isinstance(record["u8s8_exact"], bool)
+    assert set(record["int8_flags"]) <= {
+        "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile",
+        "asimddp", "i8mm",
+    }  # fmt: skip
+    from torchslim.cli import main
+
+    base = tiny_task.baseline(progress=False)
+    path = tmp_path / "m.safetensors"
+    ts.measure(base, tiny_task, artifact=path, latency=False)
+    assert read_spec(path)["hardware"]["cpu"] == record["cpu"]
+    deployed = export_ort_int8(base, tiny_task, tmp_path / "q.onnx", mode="dynamic")
+    assert onnx_record(deployed.model_bytes)["u8s8_exact"] == record["u8s8_exact"]
+    out = tmp_path / "run"
+    assert main(["compress", "mnist1d-cnn", "--recipe", "examples/static_int8.yaml", "--out",
+                 str(out), "--no-latency"]) == 0  # fmt: skip
+    saved = Report.load(out / "results.json")
+    assert saved.hardware["cpu"] == record["cpu"] and saved.hardware["threads"] >= 1
