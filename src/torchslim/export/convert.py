@@ -16,7 +16,7 @@ from torch import nn
 
 from torchslim.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task
+from torchslim.task import Task, preserved_modes
 
 FORMATS = ("torch", "onnx", "onnx-int8", "packed")
 SUFFIXES = {
@@ -66,7 +66,11 @@ def export_artifact(
         raise ConfigError(f"export format {fmt!r} is unknown; use one of {FORMATS}")
     if mode not in ("static", "dynamic"):
         raise ConfigError(f"mode {mode!r} is unknown; use static or dynamic")
-    out = Path(out)
+    with preserved_modes(model):  # exporters put the model in eval mode: modes come back
+        return _export(model, task, fmt, Path(out), bits, mode)
+
+
+def _export(model: nn.Module, task: Task, fmt: str, out: Path, bits: int, mode: str) -> Exported:
     source_metric = task.evaluate(model)
     if fmt == "torch":
         save_checkpoint(model, out, task.spec())
