@@ -77,7 +77,9 @@ def test_trusted_task_file_runs(tmp_path, capsys):
     ts.save_checkpoint(model, path, {"task": f"{user}:make_task"})
     assert main(["measure", str(path), "--no-latency", "--json", "--trust-task"]) == 0
     assert json.loads(capsys.readouterr().out)["footprint"]["params"] == 10
-    assert main(["measure", str(path), "--no-latency", "--json", "--task", f"{user}:make_task"]) == 0
+    assert (
+        main(["measure", str(path), "--no-latency", "--json", "--task", f"{user}:make_task"]) == 0
+    )
 
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -139,7 +141,9 @@ def test_hostile_specs_are_one_line_checkpoint_errors(tmp_path, capsys, case, co
 
 def test_hf_layer_numbers_are_bounded_by_the_tensors(tmp_path):
     tensors = {"backbone.encoder.layer.999999999.w": torch.zeros(1)}
-    spec = _spec(hf={"format": "torchslim.hf/1", "kind": "encoder", "config": {"model_type": "bert"}})
+    spec = _spec(
+        hf={"format": "torchslim.hf/1", "kind": "encoder", "config": {"model_type": "bert"}}
+    )
     path = _write(tmp_path / "m.safetensors", spec, tensors)
     with pytest.raises(ts.CheckpointError, match="encoder layers up to 999999999 but holds 1"):
         ts.read_checkpoint(path)
@@ -154,7 +158,10 @@ def test_any_other_exception_is_one_line_exit_3(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_tasks", boom)
     assert main(["tasks"]) == 3
     err = capsys.readouterr().err
-    assert err.startswith("torchslim: unexpected error: ZeroDivisionError: x y") and err.count("\n") == 1
+    assert (
+        err.startswith("torchslim: unexpected error: ZeroDivisionError: x y")
+        and err.count("\n") == 1
+    )
     with pytest.raises(ZeroDivisionError):
         main(["tasks", "--verbose"])
 

@@ -168,9 +168,7 @@ def _walk(value: Any, key: str, where: str, max_int: int, depth: int = 0) -> Non
     raise _fail(where, f"has {key!r} of type {type(value).__name__}, expected a JSON value")
 
 
-def _described_modules(
-    table: Any, key: str, where: str, entry_key: str | None = None
-) -> None:
+def _described_modules(table: Any, key: str, where: str, entry_key: str | None = None) -> None:
     """``{module name: {"type": str, ...}}`` (``entry_key``: descriptions are nested lists)."""
     _expect(table, (dict,), key, where)
     for name, entry in table.items():
@@ -178,7 +176,9 @@ def _described_modules(
         descriptions = [entry]
         if entry_key is not None:
             _expect(entry.get("kind"), (str,), f"{key}.{name}.kind", where)
-            descriptions = _expect(entry.get(entry_key), (list,), f"{key}.{name}.{entry_key}", where)
+            descriptions = _expect(
+                entry.get(entry_key), (list,), f"{key}.{name}.{entry_key}", where
+            )
         for index, description in enumerate(descriptions):
             label = f"{key}.{name}" + (f".{entry_key}[{index}]" if entry_key else "")
             _expect(description, (dict,), label, where)
@@ -330,9 +330,7 @@ def hf_layer_count(names: list[str], where: str = "artifact") -> int | None:
     return len(indices)
 
 
-def check_shapes(
-    expected: Mapping[str, Any], state: Mapping[str, Any], source: str
-) -> None:
+def check_shapes(expected: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:
     """``expected`` (a model's state dict, e.g. built on the meta device) vs the file's tensors."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
