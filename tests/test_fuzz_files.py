@@ -36,9 +36,7 @@ FUZZ = settings(
 sizes = st.one_of(
     st.integers(0, 16), st.integers(-3, 0), st.sampled_from([2**31, 10**12, 2**63 - 1])
 )
-scalars = st.one_of(
-    st.none(), st.booleans(), sizes, st.floats(allow_nan=True), st.text(max_size=8)
-)
+scalars = st.one_of(st.none(), st.booleans(), sizes, st.floats(allow_nan=True), st.text(max_size=8))
 json_values = st.recursive(
     scalars,
     lambda inner: st.one_of(

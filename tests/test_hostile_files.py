@@ -254,3 +254,15 @@ def test_export_out_checks(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (out, err)
     assert {p.name: file_digest(p) for p in folder.iterdir()} == before
+
+
+def test_recipe_task_file_is_never_imported(tmp_path, capsys):
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "evil.py"
+    evil.write_text(EVIL.format(marker=str(marker)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {evil}:make\nsteps:\n  - magnitude_pruning:\n      sparsity: 0.5\n")
+    assert main(["compress", "--recipe", str(recipe), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert not marker.exists() and err.count("\n") == 1
+    assert f"pass {evil}:make as TASK" in err and "--trust-task" in err

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument("task", nargs="?", help="task (default: the recipe's 'task' field)")
     compress.add_argument("--recipe", required=True, help="YAML recipe file (see docs/recipes.md)")
+    _add_trust_option(compress)
     compress.add_argument(
         "--out", default="out/compress", help="output folder (default out/compress)"
     )
@@ -366,17 +367,23 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     """Validate the recipe, run it, write results.json, report.html, the recipe and the artifact."""
-    from torchslim import tasks
     from torchslim.errors import TaskError
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import Recipe
     from torchslim.report import Report, results_table
+    from torchslim.spec import resolve_task
 
     recipe = Recipe.from_yaml(args.recipe)  # validated before anything runs
-    task_ref = args.task or recipe.task
-    if not task_ref:
+    if not (args.task or recipe.task):
         raise TaskError(f"recipe {args.recipe} names no task; pass TASK on the command line")
-    task = tasks.get(task_ref, data_dir=args.data_dir)
+    task = resolve_task(
+        {"task": recipe.task},
+        args.task,
+        f"recipe {args.recipe}",
+        trust=args.trust_task,
+        data_dir=args.data_dir,
+        option="{} as TASK",
+    )
     out = Path(args.out)
     run = run_recipe(
         recipe,

@@ -369,11 +369,13 @@ def resolve_task(
     *,
     trust: bool = False,
     data_dir: str | None = None,
+    option: str = "--task {}",
 ) -> Any:
     """The task for a checkpoint: ``given`` (the user's ``--task``) or the file's own hint.
 
     A task named by the file is followed only when it is a built-in name; a ``.py`` file or
     embedded options (paths to read) need ``trust=True`` (the CLI's ``--trust-task``).
+    ``option`` is how the user names a task on the command line (a format string).
 
     Raises:
         TaskError: no task, or the file's task would import code / read paths untrusted.
@@ -384,12 +386,14 @@ def resolve_task(
         return tasks.get(given, data_dir=data_dir)
     reference = spec.get("task")
     if not reference:
-        raise TaskError(f"{where} does not name its task; pass --task NAME_OR_FILE.py:function")
+        raise TaskError(
+            f"{where} does not name its task; pass {option.format('NAME_OR_FILE.py:function')}"
+        )
     if not trust:
         if is_code_reference(reference):
             raise TaskError(
                 f"{where} names the task file {reference[:200]}; a checkpoint never runs code on "
-                f"its own: pass --task {reference[:200]} (or --trust-task) if you trust that file"
+                f"its own: pass {option.format(reference[:200])} (or --trust-task) if you trust that file"
             )
         name = reference.split("{", 1)[0]
         if "{" in reference:
