@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -266,3 +267,62 @@ def test_recipe_task_file_is_never_imported(tmp_path, capsys):
     err = capsys.readouterr().err
     assert not marker.exists() and err.count("\n") == 1
     assert f"pass {evil}:make as TASK" in err and "--trust-task" in err
+
+
+# ------------------------------------------------------------------ what a file may cause
+
+_OPENED: list[list[str]] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED and isinstance(args[0], (str, bytes, Path)):
+        _OPENED[-1].append(str(Path(os.fsdecode(args[0])).resolve()))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: it records only inside _opened()
+
+
+class _opened:  # noqa: N801 - a context manager
+    """The files Python opens inside the block (audit events), resolved."""
+
+    def __enter__(self) -> list[str]:
+        _OPENED.append([])
+        return _OPENED[-1]
+
+    def __exit__(self, *exc) -> None:
+        _OPENED.pop()
+
+
+def test_loading_reads_no_path_the_file_names(tmp_path, capsys, monkeypatch, hf_offline):
+    from hf_helpers import tiny_embedding_task
+    from torchslim.hf import loading
+    from torchslim.hf.loading import load_artifact, save_artifact
+
+    secret = tmp_path / "secret"
+    folder, task = tiny_embedding_task(secret, texts=8, seq_len=8)
+    model = task.build_model()
+    artifact = tmp_path / "files" / "a.safetensors"
+    save_artifact(model, artifact, task.spec())
+    assert str(secret) in json.dumps(ts.read_checkpoint(artifact)[1])  # it names those paths
+    plain = _write(tmp_path / "files" / "p.safetensors", _spec(
+        arch=MLP, task=f'text-embedding{{"model_dir": "{folder}", "texts": "{secret}/texts.txt"}}'
+    ))  # fmt: skip
+    folders_read = []  # model folders are read (in Python and in Rust) through read_folder only
+    real_read_folder = loading.read_folder
+    monkeypatch.setattr(
+        loading, "read_folder", lambda p: folders_read.append(p) or real_read_folder(p)
+    )
+    with _opened() as opened:
+        load_artifact(artifact)
+        ts.load_checkpoint(plain)
+        for path in (artifact, plain):
+            assert main(["measure", str(path), "--no-latency"]) == 1  # untrusted task options
+            assert main(["export", str(path), "--format", "onnx"]) == 1
+    capsys.readouterr()
+    inside = {p for p in opened if p.startswith(str(tmp_path.resolve()))}
+    assert inside <= {str(artifact.resolve()), str(plain.resolve())}  # Python opened no other
+    assert folders_read == []  # nor was the model folder they name read
+    with _opened() as opened:  # the audit hook does see reads of the paths the files name
+        loading.read_folder(folder)
+    assert str((folder / "config.json").resolve()) in opened
+    assert not list((tmp_path / "files").glob("*.onnx"))
