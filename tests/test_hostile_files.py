@@ -326,3 +326,22 @@ def test_loading_reads_no_path_the_file_names(tmp_path, capsys, monkeypatch, hf_
         loading.read_folder(folder)
     assert str((folder / "config.json").resolve()) in opened
     assert not list((tmp_path / "files").glob("*.onnx"))
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"packed": [["w", -1, 0, 4]]}, "'packed[0][1]'"),
+        ({"packed": [["w", 4, 0]]}, "with 3 items"),
+        ({"packed": "x"}, "'packed' = str, expected a list"),
+        ({"zeros": ["a"]}, "'zeros[0]' = str"),
+        ({"n32": BIG}, f"'n32' = {BIG}"),
+    ],
+)
+def test_hostile_packed_specs(tmp_path, entries, message):
+    from torchslim.export.packed import load_packed
+
+    spec = json.dumps({"format": "torchslim.packed/2", "n32": 0, "n16": 0, **entries})
+    path = _write(tmp_path / "p.safetensors", spec, {"data": torch.zeros(8, dtype=torch.uint8)})
+    with pytest.raises(ts.CheckpointError, match=message.replace("[", r"\[")):
+        load_packed(path, torch.nn.Linear(2, 2))

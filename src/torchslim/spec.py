@@ -307,7 +307,30 @@ def validate_spec(
     for key in PACKED_KEYS:
         if key in spec:
             _walk(spec[key], key, where, max_int)
+    _validate_packed(spec, where)
     return spec
+
+
+def _validate_packed(spec: dict[str, Any], where: str) -> None:
+    """``packed``: [[state key, bits, codec, bytes]] (format 1: 2 items); indices >= 0."""
+    for index, entry in enumerate(spec.get("packed", [])):
+        key = f"packed[{index}]"
+        _expect(entry, (list,), key, where)
+        if len(entry) not in (2, 4):
+            raise _fail(
+                where, f"has '{key}' with {len(entry)} items, expected [key, bits, codec, bytes]"
+            )
+        _expect(entry[0], (str,), f"{key}[0]", where)
+        for position, value in enumerate(entry[1:], 1):
+            _expect(value, (int,), f"{key}[{position}]", where)
+            if value < 0:
+                raise _fail(where, f"has '{key}[{position}]' = {value}, expected >= 0")
+    for name in ("zeros", "halves"):
+        for index, value in enumerate(spec.get(name, [])):
+            _expect(value, (int,), f"{name}[{index}]", where)
+    for name in ("n32", "n16"):
+        if spec.get(name, 0) < 0:
+            raise _fail(where, f"has {name!r} = {spec[name]}, expected >= 0")
 
 
 def hf_layer_count(names: list[str], where: str = "artifact") -> int | None:
