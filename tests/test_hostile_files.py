@@ -345,3 +345,32 @@ def test_hostile_packed_specs(tmp_path, entries, message):
     path = _write(tmp_path / "p.safetensors", spec, {"data": torch.zeros(8, dtype=torch.uint8)})
     with pytest.raises(ts.CheckpointError, match=message.replace("[", r"\[")):
         load_packed(path, torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("loader", ["load_checkpoint", "checkpoint_io", "sparse_io"])
+def test_models_are_sized_on_the_meta_device_first(tmp_path, monkeypatch, loader):
+    """Sizes within the per-integer bound but 4000 x 4000 in all: refused before allocating."""
+    from torchslim import models
+    from torchslim.export.sparse import sparse_io
+    from torchslim.measure import checkpoint_io
+
+    devices = []
+    real_build = models.build_model
+
+    def spy(name, **kwargs):
+        model = real_build(name, **kwargs)
+        devices.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(models, "build_model", spy)
+    big = {"name": "mlp", "kwargs": {"in_features": 4000, "hidden": [4000], "num_classes": 2}}
+    path = _write(tmp_path / "m.safetensors", _spec(arch=big))
+    assert path.stat().st_size < 4000  # each integer passes the per-value bound
+    load = {
+        "load_checkpoint": lambda: ts.load_checkpoint(path),
+        "checkpoint_io": lambda: checkpoint_io(None, torch.nn.Linear(1, 1)).load(path),
+        "sparse_io": lambda: sparse_io(None).load(path),
+    }[loader]
+    with pytest.raises(ts.CheckpointError, match="does not match the architecture"):
+        load()
+    assert devices == ["meta"]  # the 64 MB model was never built for real

@@ -8,6 +8,7 @@ Writes are atomic (temporary file in the same folder, then ``os.replace``).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import tempfile
@@ -119,7 +120,13 @@ def save_checkpoint(
     from torchslim.spec import validate_spec  # what a reader accepts: refuse to write less
 
     data_bytes = sum(t.numel() * t.element_size() for t in state.values())
-    validate_spec(json.loads(metadata[SPEC_KEY]), f"spec for {path}", data_bytes, list(state))
+    validate_spec(
+        json.loads(metadata[SPEC_KEY]),
+        f"spec for {path}",
+        data_bytes,
+        list(state),
+        fix="a reader would refuse it: keep to the keys in docs/architecture.md",
+    )
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path).stat().st_size
@@ -253,6 +260,9 @@ def load_state_into(
 
 
 ModelBuilder = Callable[[dict[str, Any]], nn.Module]
+_LOADING: contextvars.ContextVar[tuple[dict[str, torch.Tensor], str] | None] = (
+    contextvars.ContextVar("torchslim_loading", default=None)
+)
 
 
 def load_checkpoint(
@@ -272,8 +282,14 @@ def load_checkpoint(
         The loaded model in eval mode and the checkpoint's spec.
     """
     state, spec = read_checkpoint(path)
-    if model is None:
-        model = build(spec) if build is not None else build_from_spec(spec, state, str(path))
+    if model is None and build is None:
+        model = build_from_spec(spec, state, str(path))
+    elif model is None:
+        token = _LOADING.set((state, str(path)))  # build_from_spec inside `build` checks too
+        try:
+            model = build(spec)
+        finally:
+            _LOADING.reset(token)
     load_state_into(model, state, source=f"checkpoint {path}")
     return model.eval(), spec
 
@@ -288,6 +304,8 @@ def build_from_spec(
     file's ``state``, the model is first built on the meta device (no memory) and compared
     with the file's tensors, so a spec cannot make torchslim allocate more than the file holds.
     """
+    if state is None and _LOADING.get() is not None:  # called by a builder in load_checkpoint
+        state, source = _LOADING.get()  # type: ignore[misc]
     if state is not None:
         from torchslim.spec import check_shapes
 

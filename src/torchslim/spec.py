@@ -99,10 +99,11 @@ def allocation_limit(file_bytes: int) -> int:
     return max(ALLOCATION_FLOOR, ALLOCATION_RATIO * int(file_bytes))
 
 
+FILE_FIX = "the file is malformed or hostile: re-create it with torchslim"
+
+
 def _fail(where: str, problem: str) -> CheckpointError:
-    return CheckpointError(
-        f"{where} {problem}; the file is malformed or hostile: re-create it with torchslim"
-    )
+    return CheckpointError(f"{where} {problem}; {FILE_FIX}")
 
 
 def _expect(value: Any, types: tuple[type, ...], key: str, where: str) -> Any:
@@ -248,7 +249,11 @@ def _validate_hf(entry: Any, where: str, max_int: int) -> None:
 
 
 def validate_spec(
-    spec: Any, where: str, file_bytes: int, tensor_names: list[str] | None = None
+    spec: Any,
+    where: str,
+    file_bytes: int,
+    tensor_names: list[str] | None = None,
+    fix: str | None = None,
 ) -> dict[str, Any]:
     """Check a spec read from a file; return it unchanged.
 
@@ -257,10 +262,22 @@ def validate_spec(
         where: what to name in errors (e.g. ``checkpoint model.safetensors``).
         file_bytes: the file's size: bounds every size the spec names.
         tensor_names: the tensors the file holds (checks the layer count of transformers).
+        fix: the advice ending each message (default: re-create the file).
 
     Raises:
         CheckpointError: a wrong type, unknown key, or a size the file cannot hold.
     """
+    try:
+        return _validate(spec, where, file_bytes, tensor_names)
+    except CheckpointError as exc:
+        if fix is None:
+            raise
+        raise CheckpointError(str(exc).replace(FILE_FIX, fix)) from exc
+
+
+def _validate(
+    spec: Any, where: str, file_bytes: int, tensor_names: list[str] | None
+) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise _fail(where, f"has a spec of type {type(spec).__name__}, expected a JSON object")
     limit = allocation_limit(file_bytes)
