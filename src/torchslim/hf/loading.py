@@ -394,6 +394,8 @@ def artifact_spec(model: nn.Module) -> dict[str, Any]:
 
     wrapper = _wrapper_of(model)
     config = json.loads(wrapper.backbone.config.to_json_string(use_diff=False))
+    for key in ("auto_map", "trust_remote_code", "custom_pipelines"):
+        config.pop(key, None)  # code pointers: a reader refuses them (torchslim.spec)
     modules = {}
     for name, module in wrapper.backbone.named_modules():
         description = describe(module)
