@@ -374,3 +374,19 @@ def test_models_are_sized_on_the_meta_device_first(tmp_path, monkeypatch, loader
     with pytest.raises(ts.CheckpointError, match="does not match the architecture"):
         load()
     assert devices == ["meta"]  # the 64 MB model was never built for real
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"model_type": "bert", "auto_map": {"AutoModel": "evil.Model"}}, "names code to import"),
+        ({"model_type": "bert", "attn_implementation": "kernels-community/x"}, "eager or sdpa"),
+        ({"model_type": "evil"}, "'hf.config.model_type' = 'evil'"),
+    ],
+)
+def test_hf_configs_cannot_point_at_code(config, message):
+    from torchslim.spec import validate_spec
+
+    spec = {"hf": {"format": "torchslim.hf/1", "kind": "encoder", "config": config}}
+    with pytest.raises(ts.CheckpointError, match=message):
+        validate_spec(spec, "artifact", 10_000)
