@@ -390,3 +390,9 @@ def test_hf_configs_cannot_point_at_code(config, message):
     spec = {"hf": {"format": "torchslim.hf/1", "kind": "encoder", "config": config}}
     with pytest.raises(ts.CheckpointError, match=message):
         validate_spec(spec, "artifact", 10_000)
+
+
+def test_brackets_inside_strings_are_not_nesting(tmp_path):
+    name = "[" * 40 + '{"' + "]" * 3
+    path = _write(tmp_path / "m.safetensors", _spec(task_name=name, arch=MLP))
+    assert ts.read_checkpoint(path)[1]["task_name"] == name

@@ -29,7 +29,7 @@ from typing import Any
 from torchslim.errors import CheckpointError, TaskError
 
 MAX_DEPTH = 16
-"""Deepest JSON nesting a spec may have (torchslim writes at most 6 levels)."""
+"""Deepest JSON nesting a spec may have (torchslim's own specs are far shallower)."""
 
 MAX_STRING = 1 << 16
 """Longest string value (64 KiB)."""
@@ -120,14 +120,8 @@ def parse_spec_text(text: Any, where: str) -> Any:
         raise _fail(where, "has a spec that is not text")
     if len(text) > 1 << 24:
         raise _fail(where, f"has a {len(text)}-character spec (over 16 MiB)")
-    depth = 0
-    for char in text:  # reject deep nesting before the recursive parser sees it
-        if char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise _fail(where, f"has a spec nested over {MAX_DEPTH} levels deep")
-        elif char in "]}":
-            depth -= 1
+    if _nesting(text) > MAX_DEPTH:  # rejected before the recursive parser sees it
+        raise _fail(where, f"has a spec nested over {MAX_DEPTH} levels deep")
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
@@ -135,6 +129,28 @@ def parse_spec_text(text: Any, where: str) -> Any:
             f"{where} has a corrupt spec ({getattr(exc, 'msg', type(exc).__name__)}); "
             "re-create the checkpoint"
         ) from exc
+
+
+def _nesting(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def _walk(value: Any, key: str, where: str, max_int: int, depth: int = 0) -> None:
