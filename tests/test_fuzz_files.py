@@ -26,7 +26,7 @@ from torchslim.models import build_model
 from torchslim.spec import allocation_limit, resolve_task
 
 FUZZ = settings(
-    max_examples=120,
+    max_examples=300,
     derandomize=True,
     deadline=None,
     database=None,

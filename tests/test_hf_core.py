@@ -397,3 +397,6 @@ def test_builtin_texts_and_cli(tiny, tmp_path, capsys):
     assert footprint["artifact_bytes"] == size
     assert footprint["metric"] == pytest.approx(task.evaluate(small_model), abs=1e-6)
     assert footprint["metric"] >= 0.97
+    args = ["--model-dir", str(folder), "--texts", str(small), "--seq-len", "16"]
+    assert main(["measure", str(artifact), "--no-latency", "--json", *args]) == 0  # the user's
+    assert json.loads(capsys.readouterr().out)["footprint"]["artifact_bytes"] == size
