@@ -396,3 +396,13 @@ def test_brackets_inside_strings_are_not_nesting(tmp_path):
     name = "[" * 40 + '{"' + "]" * 3
     path = _write(tmp_path / "m.safetensors", _spec(task_name=name, arch=MLP))
     assert ts.read_checkpoint(path)[1]["task_name"] == name
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"version": 1, "baseline": 7}', "[" * 50_000])
+def test_hostile_results_files_are_one_line(tmp_path, capsys, text):
+    path = tmp_path / "results.json"
+    path.write_text(text)
+    assert main(["report", str(path), "--html", str(tmp_path / "r.html")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("torchslim: error: results") and err.count("\n") == 1
+    assert not (tmp_path / "r.html").exists()
