@@ -104,7 +104,26 @@ hf = st.fixed_dictionaries(
     },
     optional={"modules": st.dictionaries(layer_names, descriptions, max_size=2)},
 )
+VALID = {
+    "format": "torchslim.checkpoint/1",
+    "task": "digits-mlp",
+    "arch": {"name": "mlp", "kwargs": {"in_features": 4, "hidden": [8], "num_classes": 2}},
+}
+valid_specs = st.builds(
+    lambda extra: {**VALID, **extra},
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "task_name": st.text(max_size=5),
+            "role": st.text(max_size=5),
+            "train_seconds": st.floats(0, 9),
+            "train_steps": st.integers(0, 9),
+            "structure": st.just({}),
+        },
+    ),
+)  # files that load (provenance fields of the right types)
 specs = st.one_of(
+    valid_specs,
     json_values,
     st.fixed_dictionaries(
         {},
@@ -132,7 +151,9 @@ specs = st.one_of(
 
 
 def _state() -> dict[str, torch.Tensor]:
-    model = build_model("mlp", in_features=4, hidden=[8], num_classes=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model("mlp", in_features=4, hidden=[8], num_classes=2)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
@@ -164,6 +185,8 @@ def test_fuzzed_specs_load_or_raise_a_typed_error(tmp_path, small_limits, spec):
         pass
     else:
         assert _tensor_bytes(model) <= allocation_limit(path.stat().st_size)
+        assert loaded == spec
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in _state().items())
     try:
         resolve_task(ts.read_checkpoint(path)[1], None, "fuzz")
     except TorchslimError:
