@@ -59,7 +59,7 @@ def test_train_then_measure_checkpoint_json(user_file, tmp_path, capsys):
     assert saved["footprint"]["params"] == 4 * 2 + 2
 
     before = file_digest(checkpoint)
-    assert main(["measure", str(checkpoint), "--json", "--no-latency"]) == 0
+    assert main(["measure", str(checkpoint), "--json", "--no-latency", "--trust-task"]) == 0
     measured = json.loads(capsys.readouterr().out)
     assert FOOTPRINT_KEYS <= set(measured["footprint"])
     assert measured["task"] == "user-task" and measured["metric_name"] == "accuracy"
@@ -81,7 +81,7 @@ def test_corrupt_checkpoint_exit_1_and_untouched(tmp_path, capsys):
 def test_checkpoint_that_does_not_fit_its_task(user_file, tmp_path, capsys):
     path = tmp_path / "wrong.safetensors"
     ts.save_checkpoint(build_model("mlp"), path, {"task": f"{user_file}:make_task"})
-    assert main(["measure", str(path)]) == 1
+    assert main(["measure", str(path), "--task", f"{user_file}:make_task"]) == 1
     assert "does not match the architecture" in capsys.readouterr().err
 
 
@@ -137,7 +137,8 @@ def test_export_formats_reload_and_score(user_file, tmp_path, capsys, fmt):
     source = out / "model.safetensors"
     before = file_digest(source)
     target = tmp_path / f"exported.{fmt}"
-    assert main(["export", str(source), "--format", fmt, "--out", str(target)]) == 0
+    task = f"{user_file}:make_mlp_task"
+    assert main(["export", str(source), "--format", fmt, "--out", str(target), "--task", task]) == 0
     table = capsys.readouterr().out
     assert target.exists() and f"{target.stat().st_size:,}" in table
     assert file_digest(source) == before  # the input is never modified

@@ -384,13 +384,19 @@ def test_builtin_texts_and_cli(tiny, tmp_path, capsys):
     assert payload["footprint"]["metric"] == pytest.approx(1.0, abs=1e-6)
     assert main(["measure", "text-embedding", "--no-latency"]) == 1
     assert "--model-dir" in capsys.readouterr().err
-    # a compressed artifact is measured from the file alone (task options are in its spec)
+    # a compressed artifact is measured from the file alone: the task options in its spec
+    # (paths to read) are followed only when trusted; --model-dir instead works as well
     _, task, model = tiny
     small_model = apply(apply(model, LinearInt8(), task), EmbeddingQuant(bits=4), task)
     artifact = tmp_path / "small.safetensors"
     size = save_artifact(small_model, artifact, task.spec())
-    assert main(["measure", str(artifact), "--no-latency", "--json"]) == 0
+    assert main(["measure", str(artifact), "--no-latency", "--json"]) == 1
+    assert "--trust-task" in capsys.readouterr().err
+    assert main(["measure", str(artifact), "--no-latency", "--json", "--trust-task"]) == 0
     footprint = json.loads(capsys.readouterr().out)["footprint"]
     assert footprint["artifact_bytes"] == size
     assert footprint["metric"] == pytest.approx(task.evaluate(small_model), abs=1e-6)
     assert footprint["metric"] >= 0.97
+    args = ["--model-dir", str(folder), "--texts", str(small), "--seq-len", "16"]
+    assert main(["measure", str(artifact), "--no-latency", "--json", *args]) == 0  # the user's
+    assert json.loads(capsys.readouterr().out)["footprint"]["artifact_bytes"] == size

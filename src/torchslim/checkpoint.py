@@ -8,6 +8,7 @@ Writes are atomic (temporary file in the same folder, then ``os.replace``).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import tempfile
@@ -25,6 +26,11 @@ from torchslim.errors import CheckpointError
 
 FORMAT = "torchslim.checkpoint/1"
 SPEC_KEY = "torchslim"
+CONVERT_HINT = (
+    "convert a state dict of tensors with `torchslim convert FILE` (it reads with "
+    "torch.load(weights_only=True)); a whole model you trust: load it in your own code and "
+    "call torchslim.save_checkpoint(model, 'model.safetensors')"
+)
 
 
 @contextmanager
@@ -118,6 +124,16 @@ def save_checkpoint(
             "str/int/float/bool/list/dict"
         ) from exc
     state = tensors if tensors is not None else _plain_state(model)
+    from torchslim.spec import validate_spec  # what a reader accepts: refuse to write less
+
+    data_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    validate_spec(
+        json.loads(metadata[SPEC_KEY]),
+        f"spec for {path}",
+        data_bytes,
+        list(state),
+        fix="a reader would refuse it: keep to the keys in docs/architecture.md",
+    )
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path).stat().st_size
@@ -142,10 +158,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
-                f"checkpoint {path} cannot be read as a weights-only state dict ({first}); "
-                "save it with torch.save(model.state_dict(), path) or use .safetensors"
+                f"checkpoint {path} cannot be read as a weights-only state dict "
+                f"({type(exc).__name__}: it holds objects torchslim never unpickles); "
+                f"{CONVERT_HINT}"
             ) from exc
         if (
             isinstance(state, dict)
@@ -164,26 +180,49 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            names = list(handle.keys())
+            spec = _checked_spec(metadata, path, names)  # before any tensor is read
+            state = {key: handle.get_tensor(key) for key in names}
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({first}); re-create it with "
-            "`torchslim train` or restore the file"
-        ) from exc
-    spec: dict[str, Any] = {}
-    if SPEC_KEY in metadata:
-        try:
-            spec = json.loads(metadata[SPEC_KEY])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(
-                f"checkpoint {path} has a corrupt spec ({exc.msg}); re-create the checkpoint"
-            ) from exc
+        raise _corrupt(path, exc) from exc
     if "sparse" in spec:  # a sparse artifact (torchslim.export.sparse): decode to dense tensors
         from torchslim.export.sparse import decode_state
 
         state = decode_state(state, spec["sparse"])
     return state, spec
+
+
+def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    if "pickle" in text.lower() or _looks_pickled(path):
+        return CheckpointError(
+            f"{path} is not a safetensors file (it looks pickled, which torchslim never loads); "
+            f"{CONVERT_HINT}"
+        )
+    return CheckpointError(
+        f"checkpoint {path} is corrupt or truncated ({first}); re-create it with "
+        "`torchslim train` or restore the file"
+    )
+
+
+def _looks_pickled(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head == b"PK"  # a pickle protocol byte or torch's zip file
+
+
+def _checked_spec(metadata: dict[str, str], path: Path, names: list[str]) -> dict[str, Any]:
+    from torchslim.spec import parse_spec_text, validate_spec
+
+    where = f"checkpoint {path}"
+    spec = parse_spec_text(metadata[SPEC_KEY], where) if SPEC_KEY in metadata else {}
+    return validate_spec(spec, where, path.stat().st_size, names)
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -193,14 +232,10 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+            names = list(handle.keys())
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({exc}); re-create it with `torchslim train`"
-        ) from exc
-    try:
-        return json.loads(metadata.get(SPEC_KEY, "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint {path} has a corrupt spec ({exc.msg})") from exc
+        raise _corrupt(path, exc) from exc
+    return _checked_spec(metadata, path, names)
 
 
 def load_state_into(
@@ -232,6 +267,9 @@ def load_state_into(
 
 
 ModelBuilder = Callable[[dict[str, Any]], nn.Module]
+_LOADING: contextvars.ContextVar[tuple[dict[str, torch.Tensor], str] | None] = (
+    contextvars.ContextVar("torchslim_loading", default=None)
+)
 
 
 def load_checkpoint(
@@ -251,18 +289,53 @@ def load_checkpoint(
         The loaded model in eval mode and the checkpoint's spec.
     """
     state, spec = read_checkpoint(path)
-    if model is None:
-        model = (build or build_from_spec)(spec)
+    if model is None and build is None:
+        model = build_from_spec(spec, state, str(path))
+    elif model is None:
+        token = _LOADING.set((state, str(path)))  # build_from_spec inside `build` checks too
+        try:
+            model = build(spec)
+        finally:
+            _LOADING.reset(token)
     load_state_into(model, state, source=f"checkpoint {path}")
     return model.eval(), spec
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+def build_from_spec(
+    spec: dict[str, Any], state: dict[str, torch.Tensor] | None = None, source: str = "checkpoint"
+) -> nn.Module:
     """Build an empty model from ``spec["arch"] = {"name": ..., "kwargs": {...}}``.
 
     Modules listed in ``spec["structure"]`` (pruned widths) are replaced by empty modules of
-    the recorded shapes, so a channel-pruned checkpoint loads without pickling.
+    the recorded shapes, so a channel-pruned checkpoint loads without pickling. With the
+    file's ``state``, the model is first built on the meta device (no memory) and compared
+    with the file's tensors, so a spec cannot make torchslim allocate more than the file holds.
     """
+    if state is None and _LOADING.get() is not None:  # called by a builder in load_checkpoint
+        state, source = _LOADING.get()  # type: ignore[misc]
+    if state is not None:
+        from torchslim.spec import check_shapes
+
+        with torch.device("meta"):
+            shell = _build_from_spec(spec, source)
+        check_shapes(shell.state_dict(), state, f"checkpoint {source}")
+    return _build_from_spec(spec, source)
+
+
+def _build_from_spec(spec: dict[str, Any], source: str) -> nn.Module:
+    try:
+        return _build_unchecked(spec)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{source}: the architecture its spec describes cannot be built "
+            f"({type(exc).__name__}: {first}); re-create the checkpoint"
+        ) from exc
+
+
+def _build_unchecked(spec: dict[str, Any]) -> nn.Module:
     from torchslim.models import build_model
 
     arch = spec.get("arch")
@@ -281,3 +354,41 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
         apply_factorized_structure(model, spec["factorized"])
     return model
+
+
+def convert_state_dict(
+    source: str | os.PathLike[str], out: str | os.PathLike[str]
+) -> tuple[int, int]:
+    """Rewrite a PyTorch state dict (any suffix) as ``.safetensors``; return (tensors, bytes).
+
+    The file is read with ``torch.load(weights_only=True)``: only tensors and plain
+    containers load, nothing in it runs. A ``{"state_dict": {...}}`` wrapper is unwrapped.
+
+    Raises:
+        CheckpointError: the source holds other objects, or ``out`` is the source.
+    """
+    source, out = Path(source), Path(out)
+    _check_file(source)
+    if out.exists() and out.resolve() == source.resolve():
+        raise CheckpointError(f"--out {out} is the input file; choose another path")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not weights-only
+        raise CheckpointError(
+            f"{source} is not a weights-only state dict ({type(exc).__name__}: it holds objects "
+            "torchslim never unpickles); load the model in your own code if you trust it and "
+            "call torchslim.save_checkpoint(model, 'model.safetensors')"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(
+            f"{source} does not hold a state dict of named tensors; save one with "
+            "torch.save(model.state_dict(), path)"
+        )
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp))
+    return len(tensors), out.stat().st_size

@@ -1,7 +1,8 @@
 """The ``torchslim`` command line: one function per command, ``main() -> int``.
 
 Exit codes: 0 success, 1 user error (one line, no traceback; ``--verbose`` shows
-it), 2 usage error (from argparse).
+it), 2 usage error (from argparse), 3 any other exception (a bug or an unchecked input:
+one line too, the traceback only with ``--verbose``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ EXAMPLES = {
         "examples:\n  torchslim export out/train/model.safetensors --format onnx-int8\n"
         "  torchslim export out/p/channels.safetensors --format packed --bits 4 --out small.bin"
     ),
+    "convert": "example: torchslim convert trusted.pt --out model.safetensors",
     "analyze": "examples:\n  torchslim analyze digits32-resnet\n  torchslim analyze mnist1d-cnn --json",
     "optimize": (
         "examples:\n  torchslim optimize digits-mlp --max-drop 1.0 --objective size --out out/opt\n"
@@ -64,6 +66,15 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
         "--batch-sizes",
         type=lambda text: [int(v) for v in text.split(",")],
         help="latency batch sizes, comma-separated (default 1,32)",
+    )
+
+
+def _add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-task",
+        action="store_true",
+        help="use the task the checkpoint names even when it is a .py file or reads paths "
+        "(a file never runs code otherwise)",
     )
 
 
@@ -111,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     measure = command("measure", "Measure a task's baseline or a checkpoint: the full footprint.")
     measure.add_argument("target", help="task name, path/to/file.py:function, or a checkpoint file")
-    measure.add_argument("--task", help="task of a checkpoint that does not name one")
+    measure.add_argument("--task", help="the checkpoint's task (instead of the one it names)")
+    _add_trust_option(measure)
     measure.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     _add_task_options(measure)
     _add_measure_options(measure)
@@ -137,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument("task", nargs="?", help="task (default: the recipe's 'task' field)")
     compress.add_argument("--recipe", required=True, help="YAML recipe file (see docs/recipes.md)")
+    _add_trust_option(compress)
     compress.add_argument(
         "--out", default="out/compress", help="output folder (default out/compress)"
     )
@@ -152,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--format", required=True, choices=("torch", "onnx", "onnx-int8", "packed"))
     export.add_argument("--out", help="output file (default: next to the input, by format)")
-    export.add_argument("--task", help="the checkpoint's task, when its spec does not name one")
+    export.add_argument("--task", help="the checkpoint's task (instead of the one it names)")
+    _add_trust_option(export)
     export.add_argument("--bits", type=int, default=8, help="weight bits for --format packed (2-8)")
     export.add_argument(
         "--mode", default="static", choices=("static", "dynamic"), help="onnx-int8 quantization"
@@ -225,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(optimize)
     optimize.set_defaults(handler=cmd_optimize)
 
+    convert = command(
+        "convert", "Convert a trusted .pt/.pth/.bin state dict to .safetensors (weights only)."
+    )
+    convert.add_argument("source", help="a PyTorch state dict file (any suffix)")
+    convert.add_argument("--out", help="output file (default: SOURCE with .safetensors)")
+    convert.set_defaults(handler=cmd_convert)
+
     tasks = command("tasks", "List the built-in tasks.")
     tasks.set_defaults(handler=cmd_tasks)
     return parser
@@ -286,19 +307,16 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
     """Measure a task's baseline or a checkpoint file."""
     from torchslim import tasks
     from torchslim.checkpoint import load_checkpoint, read_checkpoint
-    from torchslim.errors import CheckpointError
     from torchslim.measure import existing_file_io, measure
+    from torchslim.spec import resolve_task
 
     target = Path(args.target)
+    spec: dict = {}
     is_file = target.suffix in {".safetensors", ".pt", ".pth", ".bin"} or target.is_file()
     if is_file and not (args.target.endswith(".py") or ".py:" in args.target):
         _, spec = read_checkpoint(target)
-        task_ref = args.task or spec.get("task")
-        if not task_ref:
-            raise CheckpointError(
-                f"checkpoint {target} does not name its task; pass --task NAME_OR_FILE.py:function"
-            )
-        task = tasks.get(task_ref, data_dir=args.data_dir)
+        where = f"checkpoint {target}"
+        task = resolve_task(spec, args.task, where, trust=args.trust_task, data_dir=args.data_dir)
         pruned = bool(spec.get("structure"))  # channel-pruned: rebuild from the recorded shapes
         if "hf" in spec:  # a transformer artifact: rebuilt from its own spec
             from torchslim.hf.loading import load_artifact
@@ -312,6 +330,8 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
         model = task.baseline()
         name, io = task.name, None
     footprint = measure(model, task, io=io, **_measure_kwargs(args))
+    here = machine_record(args.threads)
+    recorded = spec.get("hardware") if is_file else None
     if is_file:
         footprint.artifact = str(target)
     if args.json:
@@ -319,10 +339,20 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
             "task": task.name,
             "metric_name": task.metric_name,
             "footprint": footprint.to_dict(),
+            "hardware": {"measured_on": here, "file_written_on": recorded},
         }
         print(json.dumps(payload, indent=2))
     else:
         _print_footprint(console, name, footprint, args.layers)
+        from torchslim.hardware import describe
+
+        console.print(f"measured here on {describe(here)}, {args.threads} thread(s)")
+        if is_file:
+            console.print(
+                f"the file was written on {describe(recorded)}"
+                if recorded
+                else "the file records no machine (written before torchslim recorded one)"
+            )
     return 0
 
 
@@ -351,17 +381,23 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     """Validate the recipe, run it, write results.json, report.html, the recipe and the artifact."""
-    from torchslim import tasks
     from torchslim.errors import TaskError
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import Recipe
     from torchslim.report import Report, results_table
+    from torchslim.spec import resolve_task
 
     recipe = Recipe.from_yaml(args.recipe)  # validated before anything runs
-    task_ref = args.task or recipe.task
-    if not task_ref:
+    if not (args.task or recipe.task):
         raise TaskError(f"recipe {args.recipe} names no task; pass TASK on the command line")
-    task = tasks.get(task_ref, data_dir=args.data_dir)
+    task = resolve_task(
+        {"task": recipe.task},
+        args.task,
+        f"recipe {args.recipe}",
+        trust=args.trust_task,
+        data_dir=args.data_dir,
+        option="{} as TASK",
+    )
     out = Path(args.out)
     run = run_recipe(
         recipe,
@@ -393,16 +429,18 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     """Convert a checkpoint; print the artifact's bytes and its measured metric."""
     from rich.table import Table
 
-    from torchslim.export.convert import default_output, export_artifact, load_source
+    from torchslim.export.convert import (
+        check_output,
+        default_output,
+        export_artifact,
+        load_source,
+    )
 
-    model, task = load_source(args.artifact, args.task, args.data_dir)
-    out = Path(args.out) if args.out else default_output(args.artifact, args.format)
-    if out.resolve() == Path(args.artifact).resolve():
-        from torchslim.errors import ConfigError
-
-        raise ConfigError(
-            f"--out {out} is the input file; choose another path (inputs are never overwritten)"
-        )
+    if args.out:
+        out = check_output(args.out, args.artifact)
+    else:
+        out = default_output(args.artifact, args.format)
+    model, task = load_source(args.artifact, args.task, args.data_dir, args.trust_task)
     result = export_artifact(model, task, args.format, out, bits=args.bits, mode=args.mode)
     table = Table(title=f"exported {args.artifact}", title_justify="left")
     for column in ("format", "artifact", "bytes", f"{task.metric_name} (source)", task.metric_name):
@@ -415,6 +453,17 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         f"{result.metric:.4f}",
     )
     console.print(table)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace, console: Console) -> int:
+    """A trusted PyTorch state dict -> .safetensors (read with ``weights_only=True``)."""
+    from torchslim.checkpoint import convert_state_dict
+
+    source = Path(args.source)
+    out = Path(args.out) if args.out else source.with_suffix(".safetensors")
+    count, size = convert_state_dict(source, out)
+    console.print(f"wrote {out}: {count} tensors, {size:,} bytes (weights only, no pickle)")
     return 0
 
 
@@ -533,11 +582,25 @@ def main(argv: list[str] | None = None) -> int:
     except TorchslimError as exc:
         if args.verbose:
             raise
-        print(f"torchslim: error: {exc}", file=sys.stderr)
+        print(f"torchslim: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("torchslim: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
+        if args.verbose:
+            raise
+        print(
+            f"torchslim: unexpected error: {type(exc).__name__}: {_one_line(exc)} (a bug or an "
+            "input torchslim does not check yet; rerun with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:500] + ("..." if len(text) > 500 else "")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Typed errors. Every message is one line that names the problem and the fix.
 
 The CLI prints ``str(error)`` for any :class:`TorchslimError` and exits with
-status 1; anything else is a bug and keeps its traceback.
+status 1; anything else is a bug (or an unchecked input): one line too, exit status 3,
+the traceback only with ``--verbose``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import statistics
@@ -27,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchslim.checkpoint import atomic_path, build_from_spec, load_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task, call_model, threads_fixed
+from torchslim.task import Task, call_model, eval_mode, preserved_modes, threads_fixed
 
 # ------------------------------------------------------------------ counting
 
@@ -94,14 +95,9 @@ def count_macs(model: nn.Module, inputs: Any) -> MacCount:
     for them. Element-wise work (activations, normalization, softmax) is not counted,
     as is customary for MACs.
     """
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    try:
-        with torch.no_grad(), counter:
-            call_model(model, inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), counter:
+        call_model(model, inputs)
     batch = _batch_of(inputs)
     flops = counter.get_total_flops() // batch
     inclusive = {
@@ -248,9 +244,8 @@ def artifact_bytes(
     io.save(model, path)
     size = path.stat().st_size
     reloaded = io.load(path)
-    model.eval()
     reloaded.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         expected = call_model(model, inputs)
         actual = call_model(reloaded, inputs)
     diff = float((expected.float() - actual.float()).abs().max()) if expected.numel() else 0.0
@@ -343,7 +338,9 @@ def benchmark_latency(
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} is unknown; use one of {sorted(RUNTIMES)}")
     batch = _batch_of(inputs)
-    with threads_fixed(threads):
+    with threads_fixed(threads), contextlib.ExitStack() as kept:
+        for model in models:  # runtimes put models in eval mode: every module's mode comes back
+            kept.enter_context(preserved_modes(model))
         runners = [RUNTIMES[runtime](model, inputs) for model in models]
         inner, per_call = [], []
         for run in runners:

@@ -44,14 +44,26 @@ _SCHEDULES = ("cosine", "constant")
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block with ``model`` in eval mode; its previous mode is restored, also on error."""
-    was_training = model.training
-    model.eval()
+def preserved_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block; afterwards every submodule's ``.training`` flag is what it was before.
+
+    ``model.train(mode)`` sets one mode on every child, so a model whose submodules are in
+    mixed modes (a frozen BatchNorm in eval inside a training model) needs this instead.
+    """
+    modes = [(module, module.training) for module in model.modules()]
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode; every submodule's mode is restored, also on error."""
+    with preserved_modes(model):
+        model.eval()
+        yield model
 
 
 class threads_fixed:  # noqa: N801 - used as a context manager

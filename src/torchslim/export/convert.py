@@ -16,7 +16,7 @@ from torch import nn
 
 from torchslim.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task
+from torchslim.task import Task, preserved_modes
 
 FORMATS = ("torch", "onnx", "onnx-int8", "packed")
 SUFFIXES = {
@@ -39,20 +39,21 @@ class Exported:
 
 
 def load_source(
-    path: str | Path, task_ref: str | None, data_dir: str | None
+    path: str | Path, task_ref: str | None, data_dir: str | None, trust_task: bool = False
 ) -> tuple[nn.Module, Task]:
-    """Load a checkpoint (plain, sparse, channel-pruned or factorized) and its task."""
-    from torchslim import tasks
+    """Load a checkpoint (plain, sparse, channel-pruned or factorized) and its task.
+
+    ``task_ref`` is the user's ``--task``; without it the checkpoint's own task is used when
+    it is a built-in name (a ``.py`` file named by the file needs ``trust_task``).
+    """
+    from torchslim.spec import resolve_task
 
     _, spec = read_checkpoint(path)
     if spec.get("format", "").startswith("torchslim.packed"):
         raise CheckpointError(
             f"{path} is a packed artifact (final form); export from the float checkpoint instead"
         )
-    reference = task_ref or spec.get("task")
-    if not reference:
-        raise CheckpointError(f"checkpoint {path} does not name its task; pass --task")
-    task = tasks.get(reference, data_dir=data_dir)
+    task = resolve_task(spec, task_ref, f"checkpoint {path}", trust=trust_task, data_dir=data_dir)
     model, _ = load_checkpoint(path, model=None if "arch" in spec else task.build_model())
     return model, task
 
@@ -65,7 +66,11 @@ def export_artifact(
         raise ConfigError(f"export format {fmt!r} is unknown; use one of {FORMATS}")
     if mode not in ("static", "dynamic"):
         raise ConfigError(f"mode {mode!r} is unknown; use static or dynamic")
-    out = Path(out)
+    with preserved_modes(model):  # exporters put the model in eval mode: modes come back
+        return _export(model, task, fmt, Path(out), bits, mode)
+
+
+def _export(model: nn.Module, task: Task, fmt: str, out: Path, bits: int, mode: str) -> Exported:
     source_metric = task.evaluate(model)
     if fmt == "torch":
         save_checkpoint(model, out, task.spec())
@@ -88,8 +93,54 @@ def export_artifact(
     return Exported(fmt, out, out.stat().st_size, task.evaluate(reloaded), source_metric)
 
 
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
 def default_output(source: str | Path, fmt: str) -> Path:
-    """``model.safetensors`` → ``model.int8.onnx`` etc., next to the source."""
+    """``model.safetensors`` -> ``model.int8.onnx`` etc., next to the source.
+
+    Only the checkpoint suffix is dropped (``model.pruned.safetensors`` ->
+    ``model.pruned.onnx``); ``torch`` exports are named ``*.export.safetensors``.
+
+    Raises:
+        ConfigError: that file exists already (never replace a file the user did not name).
+    """
     source = Path(source)
-    stem = source.name.split(".")[0]
-    return source.with_name(stem + SUFFIXES[fmt])
+    stem = source.name
+    for suffix in _CHECKPOINT_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    out = source.with_name(stem + (".export.safetensors" if fmt == "torch" else SUFFIXES[fmt]))
+    if out.exists() or out.is_symlink():
+        raise ConfigError(
+            f"the default output {out} exists already; pass --out PATH to choose the file "
+            "(torchslim never replaces a file you did not name)"
+        )
+    return out
+
+
+def check_output(out: str | Path, source: str | Path) -> Path:
+    """Refuse an ``--out`` that is the input, a folder, under a file, or a link into its folder.
+
+    Raises:
+        ConfigError: naming the problem.
+    """
+    out, source = Path(out), Path(source)
+    if out.exists() and out.resolve() == source.resolve():
+        raise ConfigError(
+            f"--out {out} is the input file; choose another path (inputs are never overwritten)"
+        )
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass a file path, e.g. {out / 'model.onnx'}")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a folder; choose another path")
+    real_parent = out.parent.resolve()
+    through_link = out.is_symlink() or real_parent != out.parent.absolute()
+    if through_link and (real_parent / out.name).resolve().parent == source.resolve().parent:
+        raise ConfigError(
+            f"--out {out} leads through a symbolic link into the input's folder "
+            f"{source.resolve().parent}; pass a plain path there if you mean it"
+        )
+    return out

@@ -236,7 +236,7 @@ def load_packed(path: str | Path, template: nn.Module) -> nn.Module:
         raise CheckpointError(f"packed artifact {path} does not exist; check the path")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            payload = json.loads((handle.metadata() or {}).get(SPEC_KEY, "{}"))
+            payload = _checked_payload(handle, path)
             if "data" in handle.keys():  # noqa: SIM118 - a safe_open handle
                 data = handle.get_tensor("data").numpy().tobytes()
                 n32, n16 = int(payload.get("n32", 0)), int(payload.get("n16", 0))
@@ -254,6 +254,8 @@ def load_packed(path: str | Path, template: nn.Module) -> nn.Module:
             else:
                 packed, floats = handle.get_tensor("packed"), handle.get_tensor("floats")
                 halves = handle.get_tensor("halves")
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on bad files
         raise CheckpointError(
             f"packed artifact {path} is corrupt or truncated ({type(exc).__name__}); re-export it"
@@ -262,6 +264,7 @@ def load_packed(path: str | Path, template: nn.Module) -> nn.Module:
         raise CheckpointError(f"{path} is not a torchslim packed artifact ({FORMAT}); re-export it")
     model = copy.deepcopy(template).eval()
     expected = _packed_entries(model)
+    payload.setdefault("packed", [])
     listed = [entry[0] for entry in payload["packed"]]
     if listed != list(expected) or any(expected[e[0]][0] != e[1] for e in payload["packed"]):
         raise CheckpointError(
@@ -278,7 +281,7 @@ def load_packed(path: str | Path, template: nn.Module) -> nn.Module:
                 f"packed artifact {path} is corrupt ({exc}); re-export it"
             ) from exc
     state = model.state_dict()
-    zeros, half_keys = set(payload["zeros"]), set(payload.get("halves", []))
+    zeros, half_keys = set(payload.get("zeros", [])), set(payload.get("halves", []))
     new_state: dict[str, torch.Tensor] = {}
     offsets = {"floats": 0, "halves": 0}
     for index, (key, tensor) in enumerate(state.items()):
@@ -321,6 +324,16 @@ def load_packed(path: str | Path, template: nn.Module) -> nn.Module:
             else:
                 owner.indices.copy_(values.to(torch.uint8))
     return model
+
+
+def _checked_payload(handle: Any, path: Path) -> dict[str, Any]:
+    """The packed spec, checked like any checkpoint spec (types, keys, sizes) before use."""
+    from torchslim.spec import parse_spec_text, validate_spec
+
+    where = f"packed artifact {path}"
+    text = (handle.metadata() or {}).get(SPEC_KEY)
+    payload = parse_spec_text(text, where) if text is not None else {}
+    return validate_spec(payload, where, path.stat().st_size, list(handle.keys()))
 
 
 def packed_io(template: nn.Module, spec: dict[str, Any] | None = None):

@@ -144,6 +144,11 @@ def decode_state(
             raise CheckpointError(
                 f"sparse checkpoint lacks part {exc} of tensor {name}; the file is corrupt"
             ) from exc
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            raise CheckpointError(
+                f"sparse tensor {name} does not decode to its shape ({type(exc).__name__}); "
+                "the file is corrupt: re-export it"
+            ) from exc
     return state
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +394,8 @@ def artifact_spec(model: nn.Module) -> dict[str, Any]:
 
     wrapper = _wrapper_of(model)
     config = json.loads(wrapper.backbone.config.to_json_string(use_diff=False))
+    for key in ("auto_map", "trust_remote_code", "custom_pipelines"):
+        config.pop(key, None)  # code pointers: a reader refuses them (torchslim.spec)
     modules = {}
     for name, module in wrapper.backbone.named_modules():
         description = describe(module)
@@ -445,12 +446,10 @@ def artifact_io(spec: dict[str, Any] | None = None) -> Any:
 
 
 def _layer_count(state: dict[str, torch.Tensor]) -> int | None:
-    indices = {
-        int(m.group(1))
-        for key in state
-        if (m := re.search(r"(?:^|\.)(?:encoder\.)?(?:layer|layers)\.(\d+)\.", key))
-    }
-    return max(indices) + 1 if indices else None
+    """Encoder blocks the tensors name (``encoder.layer.0..N-1``; a gap is a CheckpointError)."""
+    from torchslim.spec import hf_layer_count
+
+    return hf_layer_count(list(state))
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -469,7 +468,33 @@ def _fix_attention(backbone: nn.Module) -> None:
 
 
 def build_from_artifact_spec(entry: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    """An empty wrapper shaped as the artifact describes (weights not loaded)."""
+    """An empty wrapper shaped as the artifact describes (weights not loaded).
+
+    The wrapper is first built on the meta device (no memory) and its tensor shapes compared
+    with ``state``, so a spec cannot make torchslim allocate more than the file holds.
+    """
+    from torchslim.spec import check_shapes
+
+    with torch.device("meta"):
+        shell = _build_checked(entry, state)
+    check_shapes(shell.state_dict(), state, "artifact")
+    return _build_checked(entry, state)
+
+
+def _build_checked(entry: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    try:
+        return _build_wrapper(entry, state)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        if isinstance(exc, (CheckpointError, ConfigError)):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"artifact: the model its spec describes cannot be built ({type(exc).__name__}: "
+            f"{first}); re-create the artifact"
+        ) from exc
+
+
+def _build_wrapper(entry: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     transformers = require_transformers()
     from torchslim.techniques.lowrank import apply_factorized_structure
 

@@ -244,6 +244,8 @@ class Report:
             raise ConfigError(
                 f"results file {path} is not valid JSON ({exc.msg}, line {exc.lineno})"
             ) from exc
+        except (RecursionError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"results file {path} is not readable JSON ({exc})") from exc
         return cls.from_dict(data)
 
     def save(self, out: str | os.PathLike[str], html: bool = True) -> Path:
