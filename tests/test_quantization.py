@@ -110,18 +110,31 @@ def test_batchnorm_folding_keeps_outputs():
 
 
 @pytest.mark.slow
-def test_qat_recovers_what_4bit_ptq_lost(mnist1d):
+def test_qat_recovers_what_3bit_ptq_lost(mnist1d):
+    """3 bits, not 4: at 4 bits the effect is about one standard error of the test set.
+
+    The test split has 1,000 samples, so an accuracy near 0.9 has a standard error of
+    sqrt(0.9 * 0.1 / 1000) = 0.95 points (1.2 points near 0.8). Measured on an Intel(R)
+    Xeon(R) Processor (AVX-512, 1 thread), baseline seed 0 (fp32 0.920), QAT seeds 0-4:
+    4-bit PTQ 0.894, 4-bit QAT 0.901-0.912 (gain +0.7 to +1.8 points: a 1-point margin
+    failed on seed 0 here), while 3-bit PTQ 0.755 and 3-bit QAT 0.843-0.855 (gain +8.8 to
+    +10.0). Baselines trained with seeds 1 and 2 (a proxy for another CPU's rounding,
+    which trains a different baseline): 3-bit PTQ 0.731 / 0.694, QAT gain +10.5 to +17.1
+    points. The 5-point margins below are >= 4 standard errors and about half the
+    smallest gain measured; LSQ (learned scales, 2 epochs) gained +6.7 to +13.7 points at
+    3 bits, so its 3-point margin is half its smallest gain.
+    """
     task, base = mnist1d
     float_acc = task.evaluate(base)
-    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=4), task))
-    qat = apply(base, QAT(bits=4, epochs=3, lr=1e-3, freeze_observers_after=2), task)
+    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=3, sqnr_samples=0), task))
+    qat = apply(base, QAT(bits=3, epochs=3, lr=1e-3, freeze_observers_after=2), task)
     qat_acc = task.evaluate(qat)
-    assert ptq_acc < float_acc - 0.01  # 4-bit PTQ loses accuracy
-    assert qat_acc > ptq_acc + 0.01  # QAT wins most of it back
-    lsq = apply(base, QAT(bits=4, epochs=2, lr=1e-3, learn_scales=True), task)
+    assert ptq_acc < float_acc - 0.05, (ptq_acc, float_acc)  # 3-bit PTQ loses >= 5 points
+    assert qat_acc > ptq_acc + 0.05, (qat_acc, ptq_acc)  # QAT wins >= 5 of them back
+    lsq = apply(base, QAT(bits=3, epochs=2, lr=1e-3, learn_scales=True), task)
     layer = lsq.features[0]
     assert isinstance(layer.weight_quant.scale, nn.Parameter) and layer.weight_quant.learnable
-    assert task.evaluate(lsq) > ptq_acc
+    assert task.evaluate(lsq) > ptq_acc + 0.03, (task.evaluate(lsq), ptq_acc)
 
 
 def test_qat_freezes_batchnorm_statistics():
