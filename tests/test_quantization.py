@@ -241,16 +241,30 @@ def test_activation_bits_per_layer_by_name_and_type(mnist1d):
 
 
 def test_qat_distills_from_the_float_model_or_the_context_teacher(mnist1d):
+    """At 3 bits, where one epoch of (KD-)QAT gains many standard errors over PTQ.
+
+    At 4 bits the gain is about one standard error (0.95 points on the 1,000-sample test
+    split): measured on an Intel(R) Xeon(R) Processor (AVX-512, 1 thread), baselines trained
+    with seeds 0 / 1 / 2 (another CPU trains another baseline) x QAT seeds 0-2, the soft-only
+    "guided" run gained -0.7 to +3.6 points over 4-bit PTQ (the old 1-point margin failed
+    here: 0.887 vs 0.894 + 0.01). At 3 bits (PTQ 0.755 / 0.731 / 0.694): KD-QAT (T=2,
+    alpha=0.5) 0.789-0.828, +5.8 to +11.7 points; guided 0.815-0.870, +8.1 to +17.6; the
+    misled model (a teacher one class off) 0.138-0.227 (chance 0.10). Margins: 3 and 5
+    points, about half the smallest gain and >= 2 standard errors of the difference; the
+    misled model below 0.3 (>= 5 standard errors above the worst) and the distilled one
+    at least 0.4 above it (measured >= 0.60).
+    """
     task, base = mnist1d
-    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=4, sqnr_samples=0), task))
+    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=3, sqnr_samples=0), task))
     plain, kd = ApplyContext(task=task), ApplyContext(task=task)
-    apply(base, QAT(bits=4, epochs=1, sqnr_samples=0), task, context=plain)
-    config = QAT(bits=4, epochs=1, distill=True, temperature=2.0, alpha=0.5, sqnr_samples=0)
+    apply(base, QAT(bits=3, epochs=1, sqnr_samples=0), task, context=plain)
+    config = QAT(bits=3, epochs=1, distill=True, temperature=2.0, alpha=0.5, sqnr_samples=0)
     distilled = apply(base, config, task, context=kd)
     assert plain.notes["quantization"]["distilled_from"] is None
     assert kd.notes["quantization"]["distilled_from"] == "float model"
     assert kd.notes["quantization"]["final_loss"] != plain.notes["quantization"]["final_loss"]
-    assert task.evaluate(distilled) > ptq_acc + 0.01  # KD-QAT recovers what 4-bit PTQ lost
+    distilled_acc = task.evaluate(distilled)
+    assert distilled_acc > ptq_acc + 0.03, (distilled_acc, ptq_acc)  # KD-QAT recovers
 
     # A context teacher is the one used: a teacher that names the wrong class misleads it.
     class ShiftedTeacher(nn.Module):
@@ -264,12 +278,13 @@ def test_qat_distills_from_the_float_model_or_the_context_teacher(mnist1d):
 
     teacher = ShiftedTeacher()
     bad = ApplyContext(task=task, teacher=teacher)
-    soft_only = dict(bits=4, epochs=1, lr=1e-2, distill=True, temperature=1.0, alpha=1.0)
+    soft_only = dict(bits=3, epochs=1, lr=1e-2, distill=True, temperature=1.0, alpha=1.0)
     misled = apply(base, QAT(**soft_only, sqnr_samples=0), task, context=bad)
     assert bad.notes["quantization"]["distilled_from"] == "context teacher"
     assert teacher.calls >= len(task.loader("train"))
     guided = apply(base, QAT(**soft_only, sqnr_samples=0), task)  # the float model teaches
-    assert task.evaluate(misled) < 0.5 < task.evaluate(distilled) - 0.3
-    assert task.evaluate(guided) > ptq_acc + 0.01
+    misled_acc, guided_acc = task.evaluate(misled), task.evaluate(guided)
+    assert misled_acc < 0.3 and distilled_acc > misled_acc + 0.4, (misled_acc, distilled_acc)
+    assert guided_acc > ptq_acc + 0.05, (guided_acc, ptq_acc)
     with pytest.raises(ts.ConfigError, match="alpha must be in"):
         QAT(distill=True, alpha=1.5)
