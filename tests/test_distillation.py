@@ -105,28 +105,43 @@ def test_distill_config_is_a_recovery_step(tiny_task):
 
 
 @pytest.mark.slow
-def test_distilled_student_beats_the_same_student_trained_without_kd():
+@pytest.mark.usefixtures("one_thread")
+def test_distilled_student_learns_from_the_teacher_on_a_transfer_set(mnist1d):
     """KD on a transfer set: data the teacher did not train on (its validation split).
 
     On its own training set the mnist1d-cnn teacher is at 100% accuracy with a mean
     top-1 probability of 0.9998, so its soft targets there equal the hard labels and
     distillation has nothing to add (measured: KD 0.80-0.84 vs 0.81-0.85 without, over
-    T 1-4, alpha 0.3-0.9, 60-150 epochs). On unseen inputs its outputs carry its
-    knowledge: measured over seeds 0-2, KD wins by +3.9, +1.5 and +5.4 points.
+    T 1-4, alpha 0.3-0.9, 60-150 epochs). On unseen inputs its outputs carry its knowledge.
+
+    What a single run can assert across CPUs: ``benchmarks/accuracy_margins.py`` on an
+    Intel(R) Xeon(R) Processor (AVX-512, 1 thread), teachers trained with seeds 0 / 1 / 2
+    (another CPU's rounding trains another teacher) x student seeds 0-2, test accuracy on
+    1,000 samples (standard error sqrt(0.4 * 0.6 / 1000) = 1.55 points):
+    without KD 0.426 / 0.398 / 0.349 (seeds 0-2); KD (T=2, alpha=0.5) minus no-KD
+    +0.0 / +0.9 / +4.5, +0.8 / +3.2 / +3.7, +0.4 / +0.5 / +3.2 points (teacher 0 seeds 3, 4:
+    -0.3, -0.3); the teacher's soft targets alone (T=4, alpha=1, no label used)
+    0.386-0.443 (0.375 for teacher 0, seed 3). KD's gain (mean +1.9 points) is about one standard error and varies
+    with the seed as much: "KD beats no-KD by 2 points" (measured +3.9 / +1.5 / +5.4 on
+    the machine that wrote it, 0.443 vs 0.425 on an AMD EPYC) is a benchmark figure
+    (docs/benchmarks.md), not a single-run test. Asserted instead, each several standard
+    errors from every run measured: KD costs no accuracy (>= no-KD - 3 points; worst
+    measured -0.3), and a student taught by the teacher alone, without labels, learns the
+    task: > 0.33, 3.3x chance (0.10) and ~3 standard errors below the worst measured.
     """
-    torch.set_num_threads(1)
-    task = ts.tasks.get("mnist1d-cnn")
-    teacher = task.baseline(progress=False)
+    task, teacher = mnist1d
     transfer = dataclasses.replace(task, train=task.val)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         plain = build_model("mnist1d_cnn", channels=10)
-    kd = copy.deepcopy(plain)
+    kd, soft = copy.deepcopy(plain), copy.deepcopy(plain)
     assert ts.count_parameters(teacher) >= 4 * ts.count_parameters(plain)  # 5210 vs 1190
     transfer.fit(plain, epochs=100, progress=False)
     distill(kd, teacher, transfer, epochs=100, temperature=2.0, alpha=0.5)
-    plain_acc, kd_acc = transfer.evaluate(plain), transfer.evaluate(kd)
-    assert kd_acc > plain_acc + 0.02, (kd_acc, plain_acc)  # measured 0.466 vs 0.427
+    distill(soft, teacher, transfer, epochs=100, temperature=4.0, alpha=1.0)
+    plain_acc, kd_acc, soft_acc = (transfer.evaluate(m) for m in (plain, kd, soft))
+    assert kd_acc >= plain_acc - 0.03, (kd_acc, plain_acc)  # measured 0.426 vs 0.426
+    assert soft_acc > 0.33, soft_acc  # measured 0.443 (labels unused)
 
 
 def test_separable_student_is_4x_smaller_and_rejects_bad_options():

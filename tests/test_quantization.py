@@ -110,18 +110,31 @@ def test_batchnorm_folding_keeps_outputs():
 
 
 @pytest.mark.slow
-def test_qat_recovers_what_4bit_ptq_lost(mnist1d):
+def test_qat_recovers_what_3bit_ptq_lost(mnist1d):
+    """3 bits, not 4: at 4 bits the effect is about one standard error of the test set.
+
+    The test split has 1,000 samples, so an accuracy near 0.9 has a standard error of
+    sqrt(0.9 * 0.1 / 1000) = 0.95 points (1.2 points near 0.8). Measured on an Intel(R)
+    Xeon(R) Processor (AVX-512, 1 thread), baseline seed 0 (fp32 0.920), QAT seeds 0-4:
+    4-bit PTQ 0.894, 4-bit QAT 0.901-0.912 (gain +0.7 to +1.8 points: a 1-point margin
+    failed on seed 0 here), while 3-bit PTQ 0.755 and 3-bit QAT 0.843-0.855 (gain +8.8 to
+    +10.0). Baselines trained with seeds 1 and 2 (a proxy for another CPU's rounding,
+    which trains a different baseline): 3-bit PTQ 0.731 / 0.694, QAT gain +10.5 to +17.1
+    points. The 5-point margins below are >= 4 standard errors and about half the
+    smallest gain measured; LSQ (learned scales, 2 epochs) gained +6.7 to +13.7 points at
+    3 bits, so its 3-point margin is half its smallest gain.
+    """
     task, base = mnist1d
     float_acc = task.evaluate(base)
-    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=4), task))
-    qat = apply(base, QAT(bits=4, epochs=3, lr=1e-3, freeze_observers_after=2), task)
+    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=3, sqnr_samples=0), task))
+    qat = apply(base, QAT(bits=3, epochs=3, lr=1e-3, freeze_observers_after=2), task)
     qat_acc = task.evaluate(qat)
-    assert ptq_acc < float_acc - 0.01  # 4-bit PTQ loses accuracy
-    assert qat_acc > ptq_acc + 0.01  # QAT wins most of it back
-    lsq = apply(base, QAT(bits=4, epochs=2, lr=1e-3, learn_scales=True), task)
+    assert ptq_acc < float_acc - 0.05, (ptq_acc, float_acc)  # 3-bit PTQ loses >= 5 points
+    assert qat_acc > ptq_acc + 0.05, (qat_acc, ptq_acc)  # QAT wins >= 5 of them back
+    lsq = apply(base, QAT(bits=3, epochs=2, lr=1e-3, learn_scales=True), task)
     layer = lsq.features[0]
     assert isinstance(layer.weight_quant.scale, nn.Parameter) and layer.weight_quant.learnable
-    assert task.evaluate(lsq) > ptq_acc
+    assert task.evaluate(lsq) > ptq_acc + 0.03, (task.evaluate(lsq), ptq_acc)
 
 
 def test_qat_freezes_batchnorm_statistics():
@@ -228,16 +241,30 @@ def test_activation_bits_per_layer_by_name_and_type(mnist1d):
 
 
 def test_qat_distills_from_the_float_model_or_the_context_teacher(mnist1d):
+    """At 3 bits, where one epoch of (KD-)QAT gains many standard errors over PTQ.
+
+    At 4 bits the gain is about one standard error (0.95 points on the 1,000-sample test
+    split): measured on an Intel(R) Xeon(R) Processor (AVX-512, 1 thread), baselines trained
+    with seeds 0 / 1 / 2 (another CPU trains another baseline) x QAT seeds 0-2, the soft-only
+    "guided" run gained -0.7 to +3.6 points over 4-bit PTQ (the old 1-point margin failed
+    here: 0.887 vs 0.894 + 0.01). At 3 bits (PTQ 0.755 / 0.731 / 0.694): KD-QAT (T=2,
+    alpha=0.5) 0.789-0.828, +5.8 to +11.7 points; guided 0.815-0.870, +8.1 to +17.6; the
+    misled model (a teacher one class off) 0.138-0.227 (chance 0.10). Margins: 3 and 5
+    points, about half the smallest gain and >= 2 standard errors of the difference; the
+    misled model below 0.3 (>= 5 standard errors above the worst) and the distilled one
+    at least 0.4 above it (measured >= 0.60).
+    """
     task, base = mnist1d
-    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=4, sqnr_samples=0), task))
+    ptq_acc = task.evaluate(apply(base, StaticQuant(bits=3, sqnr_samples=0), task))
     plain, kd = ApplyContext(task=task), ApplyContext(task=task)
-    apply(base, QAT(bits=4, epochs=1, sqnr_samples=0), task, context=plain)
-    config = QAT(bits=4, epochs=1, distill=True, temperature=2.0, alpha=0.5, sqnr_samples=0)
+    apply(base, QAT(bits=3, epochs=1, sqnr_samples=0), task, context=plain)
+    config = QAT(bits=3, epochs=1, distill=True, temperature=2.0, alpha=0.5, sqnr_samples=0)
     distilled = apply(base, config, task, context=kd)
     assert plain.notes["quantization"]["distilled_from"] is None
     assert kd.notes["quantization"]["distilled_from"] == "float model"
     assert kd.notes["quantization"]["final_loss"] != plain.notes["quantization"]["final_loss"]
-    assert task.evaluate(distilled) > ptq_acc + 0.01  # KD-QAT recovers what 4-bit PTQ lost
+    distilled_acc = task.evaluate(distilled)
+    assert distilled_acc > ptq_acc + 0.03, (distilled_acc, ptq_acc)  # KD-QAT recovers
 
     # A context teacher is the one used: a teacher that names the wrong class misleads it.
     class ShiftedTeacher(nn.Module):
@@ -251,12 +278,13 @@ def test_qat_distills_from_the_float_model_or_the_context_teacher(mnist1d):
 
     teacher = ShiftedTeacher()
     bad = ApplyContext(task=task, teacher=teacher)
-    soft_only = dict(bits=4, epochs=1, lr=1e-2, distill=True, temperature=1.0, alpha=1.0)
+    soft_only = dict(bits=3, epochs=1, lr=1e-2, distill=True, temperature=1.0, alpha=1.0)
     misled = apply(base, QAT(**soft_only, sqnr_samples=0), task, context=bad)
     assert bad.notes["quantization"]["distilled_from"] == "context teacher"
     assert teacher.calls >= len(task.loader("train"))
     guided = apply(base, QAT(**soft_only, sqnr_samples=0), task)  # the float model teaches
-    assert task.evaluate(misled) < 0.5 < task.evaluate(distilled) - 0.3
-    assert task.evaluate(guided) > ptq_acc + 0.01
+    misled_acc, guided_acc = task.evaluate(misled), task.evaluate(guided)
+    assert misled_acc < 0.3 and distilled_acc > misled_acc + 0.4, (misled_acc, distilled_acc)
+    assert guided_acc > ptq_acc + 0.05, (guided_acc, ptq_acc)
     with pytest.raises(ts.ConfigError, match="alpha must be in"):
         QAT(distill=True, alpha=1.5)
