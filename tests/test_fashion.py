@@ -147,7 +147,9 @@ def test_fashion_tasks_build_on_tiny_files_and_default_to_debian_folder(tmp_path
     assert lenet_params == 61706
     assert sum(p.numel() for p in lenet.build_model().parameters()) == lenet_params
     lenet_macs = 6 * 25 * 28 * 28 + 16 * 6 * 25 * 10 * 10 + 400 * 120 + 120 * 84 + 84 * 10
-    assert ts.count_macs(lenet.build_model(), torch.zeros(1, 1, 28, 28)).macs == lenet_macs == 416520
+    assert (
+        ts.count_macs(lenet.build_model(), torch.zeros(1, 1, 28, 28)).macs == lenet_macs == 416520
+    )
     seen = []
     monkeypatch.setattr(
         ts.tasks, "load_fashion_mnist", lambda d: seen.append(d) or load_fashion_mnist(tmp_path)

@@ -137,7 +137,9 @@ def cifar10_vgg(data_dir: str | None = None) -> Task:
     )
 
 
-def _fashion(name: str, data_dir: str | None, model: str, config: TrainConfig, **kwargs: Any) -> Task:
+def _fashion(
+    name: str, data_dir: str | None, model: str, config: TrainConfig, **kwargs: Any
+) -> Task:
     """A Fashion-MNIST task; ``data_dir`` defaults to Debian's dataset-fashion-mnist folder."""
     splits = load_fashion_mnist(data_dir if data_dir is not None else FASHION_MNIST_DIR)
     return Task(
@@ -181,7 +183,14 @@ def fashion_lenet5(data_dir: str | None = None) -> Task:
         "fashion-lenet5",
         data_dir,
         "lenet5",
-        TrainConfig(optimizer="adam", lr=2e-3, epochs=FASHION_LENET5_EPOCHS, batch_size=128, seed=0, threads=2),
+        TrainConfig(
+            optimizer="adam",
+            lr=2e-3,
+            epochs=FASHION_LENET5_EPOCHS,
+            batch_size=128,
+            seed=0,
+            threads=2,
+        ),
     )
 
 

@@ -327,6 +327,59 @@ def _cuts_outputs(dep: Any) -> bool:
     return getattr(dep.handler, "__name__", "") == "prune_out_channels"
 
 
+def fused_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Attention modules that split one fused ``qkv`` Linear into ``num_heads`` heads in their
+    forward (timm's and most ViTs' ``Attention``): the qkv rows are pruned head by head and
+    the module's ``num_heads`` / ``head_dim`` attributes follow."""
+    found = []
+    for name, module in model.named_modules():
+        qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+        if (
+            isinstance(qkv, nn.Linear)
+            and isinstance(heads, int)
+            and not isinstance(heads, bool)
+            and heads > 0
+            and qkv.out_features % (3 * heads) == 0
+        ):
+            found.append((name, module))
+    return found
+
+
+def _update_fused_attention(fused: list[tuple[str, nn.Module]], pruner: Any) -> list[dict]:
+    """Set ``num_heads`` / ``head_dim`` of fused-qkv attention after pruning; their table."""
+    table = []
+    for name, module in fused:
+        heads = int(pruner.num_heads.get(module.qkv, module.num_heads))
+        head_dim = module.qkv.out_features // (3 * heads)
+        table.append(
+            {
+                "layer": name,
+                "heads_before": module.num_heads,
+                "heads_after": heads,
+                "head_dim_after": head_dim,
+            }
+        )
+        module.num_heads = heads
+        if isinstance(getattr(module, "head_dim", None), int):
+            module.head_dim = head_dim
+    return table
+
+
+def _fused_hint(fused: list[tuple[str, nn.Module]]) -> str:
+    """Why a fused-qkv attention may have broken: its q/k/v width no longer equals the
+    embedding width that a ``reshape(B, N, C)`` in its forward expects."""
+    for name, module in fused:
+        inner, embed = module.qkv.out_features // 3, module.qkv.in_features
+        if inner != embed:
+            return (
+                f"; attention {name} now has {module.num_heads} heads x "
+                f"{inner // module.num_heads} = {inner} q/k/v channels but a {embed}-wide "
+                "embedding: prune heads with the same ratio as the width (or head_ratio=0, "
+                f"which narrows each head instead), or exclude {name}.qkv with scope="
+            )
+    return ""
+
+
 def head_projections(model: nn.Module) -> set[nn.Module]:
     """q / k / v projections of head-pruned attention: their widths are heads x head_dim."""
     return {
@@ -400,6 +453,8 @@ def prune_channels(
         round_to = heads if round_to is None else math.lcm(round_to, heads)
     if config.importance == "taylor" and config.mode == "layer":
         _accumulate_gradients(model, context.task, config.batches)
+    fused = fused_attention(model)
+    fused_ratio = config.head_ratio * scale
     before = _widths(model)
     try:
         with warnings.catch_warnings():
@@ -412,8 +467,13 @@ def prune_channels(
                 pruning_ratio_dict=ratios or None,
                 ignored_layers=ignored,
                 round_to=round_to,
+                num_heads={module.qkv: module.num_heads for _, module in fused},
+                prune_num_heads=fused_ratio > 0,
+                prune_head_dims=fused_ratio == 0,
+                head_pruning_ratio=fused_ratio,
             )
             pruner.step()
+            fused_table = _update_fused_attention(fused, pruner)
             heads = prune_heads(model, attention, head_ratios, _head_importance(config))
     except (AssertionError, RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -423,7 +483,10 @@ def prune_channels(
         ) from exc
     finally:
         model.zero_grad(set_to_none=True)
-    _check_runs(original, model, inputs)
+    try:
+        _check_runs(original, model, inputs)
+    except UnsupportedError as exc:
+        raise UnsupportedError(f"{exc}{_fused_hint(fused)}") from exc
     model.eval()
     after = _widths(model)
     table = [
@@ -438,7 +501,7 @@ def prune_channels(
             "mode": config.mode,
             "importance": config.importance,
             "layers": table,
-            "heads": heads,
+            "heads": heads + fused_table,
         }
     )
     return model
