@@ -138,7 +138,7 @@ def test_fashion_tasks_build_on_tiny_files_and_default_to_debian_folder(tmp_path
     resnet = ts.tasks.get("fashion-resnet", data_dir=str(tmp_path))
     lenet = ts.tasks.get("fashion-lenet5", data_dir=str(tmp_path))
     for task in (resnet, lenet):
-        assert task.train_config.threads == 2 and task.train_config.seed == 0
+        assert task.train_config.threads == 1 and task.train_config.seed == 0
         assert len(task.train) == 20 and len(task.val) == 20 and len(task.test) == 10
         model = task.build_model()
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -150,6 +150,24 @@ def test_fashion_tasks_build_on_tiny_files_and_default_to_debian_folder(tmp_path
     assert (
         ts.count_macs(lenet.build_model(), torch.zeros(1, 1, 28, 28)).macs == lenet_macs == 416520
     )
+    # the ResNet: stem 1->8, BasicBlocks 8->8, 8->16 (stride 2, 1x1 shortcut), 16->32 (same)
+    resnet_params = (
+        9 * 8 + 16
+        + 2 * (9 * 64 + 16)
+        + 9 * 8 * 16 + 32 + 9 * 16 * 16 + 32 + 8 * 16 + 32
+        + 9 * 16 * 32 + 64 + 9 * 32 * 32 + 64 + 16 * 32 + 64
+        + 32 * 10 + 10
+    )  # fmt: skip
+    resnet_macs = (
+        8 * 9 * 784
+        + 2 * 8 * 8 * 9 * 784
+        + (8 * 16 * 9 + 16 * 16 * 9 + 8 * 16) * 196
+        + (16 * 32 * 9 + 32 * 32 * 9 + 16 * 32) * 49
+        + 32 * 10
+    )  # fmt: skip
+    model = resnet.build_model()
+    assert ts.count_parameters(model) == resnet_params == 19810
+    assert ts.count_macs(model, torch.zeros(1, 1, 28, 28)).macs == resnet_macs == 2364864
     seen = []
     monkeypatch.setattr(
         ts.tasks, "load_fashion_mnist", lambda d: seen.append(d) or load_fashion_mnist(tmp_path)
@@ -159,3 +177,38 @@ def test_fashion_tasks_build_on_tiny_files_and_default_to_debian_folder(tmp_path
     monkeypatch.undo()
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         ts.tasks.get("fashion-resnet", data_dir=str(tmp_path / "empty"))
+
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "fashion_task.py"
+
+
+def test_fashion_example_commands_run_at_a_tiny_scale(tmp_path, monkeypatch, capsys):
+    """The README's commands for examples/fashion_task.py, on 60 tiny images, 1 epoch."""
+    import json
+
+    from torchslim.cli import main
+
+    data = tmp_path / "fashion"
+    write_fashion(data, n_train=120, n_test=40)
+    monkeypatch.setenv("FASHION_LIMIT", "60")
+    monkeypatch.setenv("FASHION_EPOCHS", "1")
+    task_ref = f"{EXAMPLE}:task"
+    assert main(["train", task_ref, "--data-dir", str(data), "--out", str(tmp_path / "t")]) == 0
+    trained = json.loads((tmp_path / "t" / "footprint.json").read_text())
+    assert trained["footprint"]["params"] == 21682  # FashionNet, as written in the example
+    assert trained["footprint"]["macs"] == 2709984
+    out = tmp_path / "opt"
+    code = main(
+        [
+            "optimize", task_ref, "--data-dir", str(data), "--max-drop", "1",
+            "--objective", "latency", "--runtime", "onnxruntime", "--out", str(out),
+            "--trials", "1", "--sensitivity-epochs", "0", "--recovery-epochs", "0",
+            "--techniques", "channel_pruning", "--range", "channel_pruning=0.5",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["budget"]["max_drop"] == 0.01
+    assert results["baseline"]["params"] == 21682
+    assert results["candidates"], "the search produced no candidate"
+    assert "budget" in capsys.readouterr().out

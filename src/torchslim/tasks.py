@@ -24,7 +24,7 @@ from torchslim.task import Task, TrainConfig
 DEFAULT_TASK = "mnist1d-cnn"
 # Training epochs of the Fashion-MNIST tasks (timed in docs/benchmarks.md).
 FASHION_RESNET_EPOCHS = 4
-FASHION_LENET5_EPOCHS = 10
+FASHION_LENET5_EPOCHS = 8
 
 
 @dataclass(frozen=True)
@@ -170,10 +170,11 @@ def fashion_resnet(data_dir: str | None = None) -> Task:
             batch_size=128,
             seed=0,
             weight_decay=5e-4,
-            threads=2,
+            threads=1,
         ),
         in_channels=1,
         input_size=28,
+        widths=[8, 16, 32],
     )
 
 
@@ -189,7 +190,7 @@ def fashion_lenet5(data_dir: str | None = None) -> Task:
             epochs=FASHION_LENET5_EPOCHS,
             batch_size=128,
             seed=0,
-            threads=2,
+            threads=1,
         ),
     )
 
