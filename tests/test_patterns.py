@@ -596,9 +596,17 @@ def test_vit_heads_cut_unlike_the_width_is_a_clear_error():
     model = ViTReplica()
     # 1 of 4 heads removed but half the width: 3 x 8 = 24 q/k/v channels for a 16-wide
     # embedding, which the forward's reshape(B, N, C) cannot take
-    with pytest.raises(UnsupportedError, match=r"blocks\.0\.attn now has 3 heads x 8 = 24") as info:
+    with pytest.raises(UnsupportedError) as info:
         prune_half(model, head_ratio=0.25)
-    assert "exclude blocks.0.attn.qkv with scope=" in str(info.value)
+    assert str(info.value) == (
+        "channel pruning left attention blocks.0.attn with 3 heads x 8 = 24 q/k/v channels "
+        "for a 16-wide embedding, which its forward cannot reshape; give head_ratio the "
+        "width's ratio (or 0, which narrows each head instead), or exclude blocks.0.attn.qkv "
+        "with scope="
+    )
+    # the global rankings size the width and the heads apart: the same clear error
+    with pytest.raises(UnsupportedError, match=r"use mode='layer' .* exclude blocks\.0\.attn\.qkv"):
+        prune_half(model, mode="macs")
     assert model.blocks[0].attn.num_heads == 4 and model.blocks[0].attn.qkv.out_features == 96
 
 

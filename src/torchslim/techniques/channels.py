@@ -365,19 +365,24 @@ def _update_fused_attention(fused: list[tuple[str, nn.Module]], pruner: Any) -> 
     return table
 
 
-def _fused_hint(fused: list[tuple[str, nn.Module]]) -> str:
-    """Why a fused-qkv attention may have broken: its q/k/v width no longer equals the
-    embedding width that a ``reshape(B, N, C)`` in its forward expects."""
+def _fused_error(fused: list[tuple[str, nn.Module]], mode: str) -> str | None:
+    """Why a fused-qkv attention broke: its q/k/v width no longer equals the embedding width
+    that a ``reshape(B, N, C)`` in its forward expects (None when every one still does)."""
     for name, module in fused:
         inner, embed = module.qkv.out_features // 3, module.qkv.in_features
         if inner != embed:
-            return (
-                f"; attention {name} now has {module.num_heads} heads x "
-                f"{inner // module.num_heads} = {inner} q/k/v channels but a {embed}-wide "
-                "embedding: prune heads with the same ratio as the width (or head_ratio=0, "
-                f"which narrows each head instead), or exclude {name}.qkv with scope="
+            fix = (
+                "use mode='layer' (one ratio for the width and the heads)"
+                if mode != "layer"
+                else "give head_ratio the width's ratio (or 0, which narrows each head instead)"
             )
-    return ""
+            return (
+                f"channel pruning left attention {name} with {module.num_heads} heads x "
+                f"{inner // module.num_heads} = {inner} q/k/v channels for a {embed}-wide "
+                f"embedding, which its forward cannot reshape; {fix}, or exclude {name}.qkv "
+                "with scope="
+            )
+    return None
 
 
 def head_projections(model: nn.Module) -> set[nn.Module]:
@@ -486,7 +491,10 @@ def prune_channels(
     try:
         _check_runs(original, model, inputs)
     except UnsupportedError as exc:
-        raise UnsupportedError(f"{exc}{_fused_hint(fused)}") from exc
+        reason = _fused_error(fused, config.mode)
+        if reason:
+            raise UnsupportedError(reason) from exc
+        raise
     model.eval()
     after = _widths(model)
     table = [
