@@ -601,11 +601,13 @@ def test_vit_heads_cut_unlike_the_width_is_a_clear_error():
     assert str(info.value) == (
         "channel pruning left attention blocks.0.attn with 3 heads x 8 = 24 q/k/v channels "
         "for a 16-wide embedding, which its forward cannot reshape; give head_ratio the "
-        "width's ratio (or 0, which narrows each head instead), or exclude blocks.0.attn.qkv "
-        "with scope="
+        "width's ratio (or 0, which narrows each head instead), or keep both widths: exclude "
+        "blocks.0.attn.qkv and the layers writing the embedding with scope="
     )
     # the global rankings size the width and the heads apart: the same clear error
-    with pytest.raises(UnsupportedError, match=r"use mode='layer' .* exclude blocks\.0\.attn\.qkv"):
+    with pytest.raises(
+        UnsupportedError, match=r"use mode='layer' .* exclude blocks\.0\.attn\.qkv and"
+    ):
         prune_half(model, mode="macs")
     assert model.blocks[0].attn.num_heads == 4 and model.blocks[0].attn.qkv.out_features == 96
 

@@ -379,8 +379,8 @@ def _fused_error(fused: list[tuple[str, nn.Module]], mode: str) -> str | None:
             return (
                 f"channel pruning left attention {name} with {module.num_heads} heads x "
                 f"{inner // module.num_heads} = {inner} q/k/v channels for a {embed}-wide "
-                f"embedding, which its forward cannot reshape; {fix}, or exclude {name}.qkv "
-                "with scope="
+                f"embedding, which its forward cannot reshape; {fix}, or keep both widths: "
+                f"exclude {name}.qkv and the layers writing the embedding with scope="
             )
     return None
 
