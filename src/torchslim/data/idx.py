@@ -134,9 +134,14 @@ def _find(data_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def _missing_message(data_dir: Path, missing: list[str]) -> str:
+def _missing_message(data_dir: Path, missing: list[str] | None) -> str:
+    what = (
+        f"folder {data_dir} not found"
+        if missing is None
+        else f"files not found in {data_dir} (missing {', '.join(missing)})"
+    )
     return (
-        f"Fashion-MNIST files not found in {data_dir} (missing {', '.join(missing)}); "
+        f"Fashion-MNIST {what}; "
         f"install the Debian package {FASHION_MNIST_PACKAGE} "
         f"(apt-get install {FASHION_MNIST_PACKAGE}, files in {FASHION_MNIST_DIR}) "
         "or pass --data-dir DIR holding the four IDX files (.gz or plain)"
@@ -199,7 +204,7 @@ def load_fashion_mnist(
         check_positive_int("limit", limit)
     root = Path(data_dir if data_dir is not None else FASHION_MNIST_DIR)
     if not root.is_dir():
-        raise DataError(_missing_message(root, ["the folder itself"]))
+        raise DataError(_missing_message(root, None))
     paths = {key: _find(root, stem) for key, stem in _FILES.items()}
     missing = [_FILES[key] + "[.gz]" for key, p in paths.items() if p is None]
     if missing:
