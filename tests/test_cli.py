@@ -125,7 +125,8 @@ def test_console_entry_point_exit_code(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "torchslim: error: unknown task 'nope'; use one of cifar10-vgg, digits-mlp, digits32-mobilenet, "
-        "digits32-resnet, digits32-vgg, mnist1d-cnn, text-classification, text-embedding "
+        "digits32-resnet, digits32-vgg, fashion-lenet5, fashion-resnet, mnist1d-cnn, "
+        "text-classification, text-embedding "
         "or path/to/file.py:function"
     )
 

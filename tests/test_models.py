@@ -15,6 +15,7 @@ from torchslim.models import (
     MODELS,
     VGG,
     ConcatResNet,
+    LeNet5,
     MNIST1DSeparable,
     MobileNet,
     ResNet,
@@ -25,6 +26,7 @@ from torchslim.models import (
 )
 
 EXPECTED_MODELS = {
+    "lenet5": ((1, 28, 28), LeNet5),
     "mlp": ((64,), MLP),
     "mnist1d_cnn": ((1, 40), MNIST1DCNN),
     "mnist1d_separable": ((1, 40), MNIST1DSeparable),

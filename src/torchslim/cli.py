@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -492,6 +494,7 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     from torchslim.errors import ConfigError
     from torchslim.report import results_table
     from torchslim.search import optimize
+    from torchslim.search.budget import Budget
 
     ranges: dict[str, list[float]] = {}
     for item in args.range:
@@ -503,6 +506,10 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     techniques = (
         [t.strip() for t in args.techniques.split(",") if t.strip()] if args.techniques else None
     )
+    small_budget = Budget(args.max_drop, args.drop_type).small_budget_warning()
+    if small_budget:  # said once, before the task loads; optimize() would repeat it
+        print(f"torchslim: warning: {small_budget}", file=sys.stderr)
+        warnings.filterwarnings("ignore", message=re.escape(small_budget))
     task = tasks.get(args.task, data_dir=args.data_dir)
     result = optimize(
         task,

@@ -11,15 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from torchslim.data import (
+    FASHION_MNIST_DIR,
     load_cifar10,
     load_digits,
     load_digits32,
+    load_fashion_mnist,
     load_mnist1d,
 )
 from torchslim.errors import ConfigError, TaskError
 from torchslim.task import Task, TrainConfig
 
 DEFAULT_TASK = "mnist1d-cnn"
+# Training epochs of the Fashion-MNIST tasks (timed in docs/benchmarks.md).
+FASHION_RESNET_EPOCHS = 4
+FASHION_LENET5_EPOCHS = 8
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,64 @@ def cifar10_vgg(data_dir: str | None = None) -> Task:
             optimizer="sgd", lr=0.05, epochs=30, batch_size=128, seed=0, weight_decay=5e-4
         ),
         source="cifar10-vgg",
+    )
+
+
+def _fashion(
+    name: str, data_dir: str | None, model: str, config: TrainConfig, **kwargs: Any
+) -> Task:
+    """A Fashion-MNIST task; ``data_dir`` defaults to Debian's dataset-fashion-mnist folder."""
+    splits = load_fashion_mnist(data_dir if data_dir is not None else FASHION_MNIST_DIR)
+    return Task(
+        name=name,
+        model=model,
+        model_kwargs=kwargs,
+        train=splits.train,
+        val=splits.val,
+        test=splits.test,
+        train_config=config,
+        source=name,
+    )
+
+
+@register_task(
+    "fashion-resnet",
+    "Fashion-MNIST (--data-dir, default /usr/share/datasets/fashion-mnist) with a small ResNet",
+)
+def fashion_resnet(data_dir: str | None = None) -> Task:
+    return _fashion(
+        "fashion-resnet",
+        data_dir,
+        "resnet_small",
+        TrainConfig(
+            optimizer="sgd",
+            lr=0.05,
+            epochs=FASHION_RESNET_EPOCHS,
+            batch_size=128,
+            seed=0,
+            weight_decay=5e-4,
+            threads=1,
+        ),
+        in_channels=1,
+        input_size=28,
+        widths=[8, 16, 32],
+    )
+
+
+@register_task("fashion-lenet5", "Fashion-MNIST (--data-dir as fashion-resnet) with LeNet-5")
+def fashion_lenet5(data_dir: str | None = None) -> Task:
+    return _fashion(
+        "fashion-lenet5",
+        data_dir,
+        "lenet5",
+        TrainConfig(
+            optimizer="adam",
+            lr=2e-3,
+            epochs=FASHION_LENET5_EPOCHS,
+            batch_size=128,
+            seed=0,
+            threads=1,
+        ),
     )
 
 

@@ -7,6 +7,7 @@ the JSON-serializable kwargs and rebuilds the same architecture from them. Every
 
 from __future__ import annotations
 
+from torchslim.models.lenet import LeNet5
 from torchslim.models.mlp import MLP
 from torchslim.models.mnist1d import MNIST1DCNN
 from torchslim.models.mnist1d_separable import MNIST1DSeparable
@@ -17,6 +18,7 @@ from torchslim.models.staged import StagedCNN
 from torchslim.models.vgg import VGG
 
 __all__ = [
+    "LeNet5",
     "MLP",
     "MNIST1DCNN",
     "MNIST1DSeparable",

@@ -19,6 +19,8 @@ from torchslim.errors import ConfigError
 from torchslim.report.results import Candidate
 
 DROP_TYPES = ("absolute", "relative")
+#: Budgets under this many points get a warning: they are most likely fractions (0.01 for 1 %).
+SMALL_BUDGET_POINTS = 0.1
 OBJECTIVES = ("size", "macs", "latency")
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -54,6 +56,26 @@ class Budget:
                 f"max drop {value} points exceeds 100 (the budget is in points: 1.0 = 1 point); "
                 "pass e.g. --max-drop 1.0"
             )
+
+    def small_budget_warning(self) -> str | None:
+        """A warning for a budget in (0, 0.1) points (likely meant as a fraction), else None.
+
+        NNCF and Intel Neural Compressor take the drop as a fraction (0.01 for 1 %); here
+        the same 0.01 is a hundredth of a point, which almost no compression can meet.
+        """
+        if not 0 < self.max_drop < SMALL_BUDGET_POINTS:
+            return None
+        if self.drop_type == "absolute":
+            read = (
+                f"{self.max_drop:g} percentage point(s) of the metric "
+                f"(a drop of {self.fraction:g} in metric units)"
+            )
+        else:
+            read = f"{self.max_drop:g} % of the baseline metric"
+        return (
+            f"max drop {self.max_drop:g} is read as {read}, not as a fraction: the budget is "
+            "in points; for 1 % write --max-drop 1 (max_drop=1.0)"
+        )
 
     @property
     def fraction(self) -> float:

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,9 @@ def optimize(
     """
     start = time.monotonic()
     budget = Budget(max_drop, drop_type)
+    small_budget = budget.small_budget_warning()
+    if small_budget:
+        warnings.warn(small_budget, UserWarning, stacklevel=2)
     goal = Objective(objective, runtime, batch)
     _check_limits(trials, time_limit, strategy)
     _check_search_settings(recovery, sensitivity_epochs, margin)
@@ -232,6 +236,8 @@ def optimize(
         f"val margin: candidates must stay within {1 - margin:.0%} of the budget on val",
         "the search saw the val split only; candidates are reported with their test metric",
     ]
+    if small_budget:
+        notes.append(f"warning: {small_budget}")
     if strategy == "greedy":
         records = greedy_search(evaluator, curves, base_val_metric, trials or 12, deadline)
     else:

@@ -327,6 +327,64 @@ def _cuts_outputs(dep: Any) -> bool:
     return getattr(dep.handler, "__name__", "") == "prune_out_channels"
 
 
+def fused_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Attention modules that split one fused ``qkv`` Linear into ``num_heads`` heads in their
+    forward (timm's and most ViTs' ``Attention``): the qkv rows are pruned head by head and
+    the module's ``num_heads`` / ``head_dim`` attributes follow."""
+    found = []
+    for name, module in model.named_modules():
+        qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+        if (
+            isinstance(qkv, nn.Linear)
+            and isinstance(heads, int)
+            and not isinstance(heads, bool)
+            and heads > 0
+            and qkv.out_features % (3 * heads) == 0
+        ):
+            found.append((name, module))
+    return found
+
+
+def _update_fused_attention(fused: list[tuple[str, nn.Module]], pruner: Any) -> list[dict]:
+    """Set ``num_heads`` / ``head_dim`` of fused-qkv attention after pruning; their table."""
+    table = []
+    for name, module in fused:
+        heads = int(pruner.num_heads.get(module.qkv, module.num_heads))
+        head_dim = module.qkv.out_features // (3 * heads)
+        table.append(
+            {
+                "layer": name,
+                "heads_before": module.num_heads,
+                "heads_after": heads,
+                "head_dim_after": head_dim,
+            }
+        )
+        module.num_heads = heads
+        if isinstance(getattr(module, "head_dim", None), int):
+            module.head_dim = head_dim
+    return table
+
+
+def _fused_error(fused: list[tuple[str, nn.Module]], mode: str) -> str | None:
+    """Why a fused-qkv attention broke: its q/k/v width no longer equals the embedding width
+    that a ``reshape(B, N, C)`` in its forward expects (None when every one still does)."""
+    for name, module in fused:
+        inner, embed = module.qkv.out_features // 3, module.qkv.in_features
+        if inner != embed:
+            fix = (
+                "use mode='layer' (one ratio for the width and the heads)"
+                if mode != "layer"
+                else "give head_ratio the width's ratio (or 0, which narrows each head instead)"
+            )
+            return (
+                f"channel pruning left attention {name} with {module.num_heads} heads x "
+                f"{inner // module.num_heads} = {inner} q/k/v channels for a {embed}-wide "
+                f"embedding, which its forward cannot reshape; {fix}, or keep both widths: "
+                f"exclude {name}.qkv and the layers writing the embedding with scope="
+            )
+    return None
+
+
 def head_projections(model: nn.Module) -> set[nn.Module]:
     """q / k / v projections of head-pruned attention: their widths are heads x head_dim."""
     return {
@@ -400,6 +458,8 @@ def prune_channels(
         round_to = heads if round_to is None else math.lcm(round_to, heads)
     if config.importance == "taylor" and config.mode == "layer":
         _accumulate_gradients(model, context.task, config.batches)
+    fused = fused_attention(model)
+    fused_ratio = config.head_ratio * scale
     before = _widths(model)
     try:
         with warnings.catch_warnings():
@@ -412,8 +472,13 @@ def prune_channels(
                 pruning_ratio_dict=ratios or None,
                 ignored_layers=ignored,
                 round_to=round_to,
+                num_heads={module.qkv: module.num_heads for _, module in fused},
+                prune_num_heads=fused_ratio > 0,
+                prune_head_dims=fused_ratio == 0,
+                head_pruning_ratio=fused_ratio,
             )
             pruner.step()
+            fused_table = _update_fused_attention(fused, pruner)
             heads = prune_heads(model, attention, head_ratios, _head_importance(config))
     except (AssertionError, RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -423,7 +488,13 @@ def prune_channels(
         ) from exc
     finally:
         model.zero_grad(set_to_none=True)
-    _check_runs(original, model, inputs)
+    try:
+        _check_runs(original, model, inputs)
+    except UnsupportedError as exc:
+        reason = _fused_error(fused, config.mode)
+        if reason:
+            raise UnsupportedError(reason) from exc
+        raise
     model.eval()
     after = _widths(model)
     table = [
@@ -438,7 +509,7 @@ def prune_channels(
             "mode": config.mode,
             "importance": config.importance,
             "layers": table,
-            "heads": heads,
+            "heads": heads + fused_table,
         }
     )
     return model
