@@ -259,8 +259,9 @@ def test_distillation_recovery_settings_follow_the_tasks_optimizer() -> None:
     assert evaluator.recipe(allocation, "x").steps[1].temperature == 4.0
 
 
-def test_latency_objective_on_onnxruntime_times_only_the_deployed_models(tmp_path) -> None:
-    result = optimize(
+def int8_latency_search(out):
+    """A two-trial latency search on ONNX Runtime with the static int8 knob."""
+    return optimize(
         make_task(),
         max_drop=5.0,
         objective="latency",
@@ -269,9 +270,13 @@ def test_latency_objective_on_onnxruntime_times_only_the_deployed_models(tmp_pat
         strategy="greedy",
         trials=2,
         recovery_epochs=1,
-        out=tmp_path,
+        out=out,
         progress=False,
     )
+
+
+def test_latency_objective_on_onnxruntime_times_only_the_deployed_models(tmp_path) -> None:
+    result = int8_latency_search(tmp_path)
     assert result.records
     for record in result.records:
         deployed = record.candidate.deployed
@@ -363,18 +368,7 @@ def test_a_candidate_whose_deployed_file_misses_the_budget_is_never_accepted(
         return out.roll(1, dims=1) if b"QuantizeLinear" in self.model_bytes else out
 
     monkeypatch.setattr(OrtModule, "forward", wrong_int8)
-    result = optimize(
-        make_task(),
-        max_drop=5.0,
-        objective="latency",
-        runtime="onnxruntime",
-        techniques=["static_quant"],
-        strategy="greedy",
-        trials=2,
-        recovery_epochs=1,
-        out=tmp_path,
-        progress=False,
-    )
+    result = int8_latency_search(tmp_path)
     int8 = [r for r in result.records if "static_quant" in r.candidate.techniques]
     assert int8, "the search never tried int8"
     for record in int8:
