@@ -87,8 +87,9 @@ def artifact_io(model: nn.Module, task: Task, fmt: str) -> ArtifactIO:
     """The ArtifactIO writing ``model`` in format ``fmt`` (torch, sparse, packed)."""
     if fmt == "packed":
         from torchslim.export.packed import packed_io
+        from torchslim.reload import artifact_spec
 
-        return packed_io(model, task.spec())
+        return packed_io(model, artifact_spec(task, model, task.spec()))
     if fmt == "sparse":
         from torchslim.export.sparse import sparse_io
 

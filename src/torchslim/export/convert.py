@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from torchslim.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from torchslim.checkpoint import read_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
 from torchslim.task import Task, preserved_modes
 
@@ -54,7 +54,9 @@ def load_source(
             f"{path} is a packed artifact (final form); export from the float checkpoint instead"
         )
     task = resolve_task(spec, task_ref, f"checkpoint {path}", trust=trust_task, data_dir=data_dir)
-    model, _ = load_checkpoint(path, model=None if "arch" in spec else task.build_model())
+    from torchslim.reload import load
+
+    model = load(path, model=None if "arch" in spec else task.build_model())
     return model, task
 
 
@@ -73,8 +75,10 @@ def export_artifact(
 def _export(model: nn.Module, task: Task, fmt: str, out: Path, bits: int, mode: str) -> Exported:
     source_metric = task.evaluate(model)
     if fmt == "torch":
-        save_checkpoint(model, out, task.spec())
-        reloaded, _ = load_checkpoint(out, model=None if task.arch else task.build_model())
+        from torchslim.reload import artifact_spec, load
+
+        save_checkpoint(model, out, artifact_spec(task, model, task.spec()))
+        reloaded = load(out, model=None if task.arch else task.build_model())
     elif fmt == "onnx":
         from torchslim.export.onnx import OrtModule, export_onnx
 
@@ -88,7 +92,9 @@ def _export(model: nn.Module, task: Task, fmt: str, out: Path, bits: int, mode: 
         from torchslim.techniques import CONFIGS, apply
 
         quantized = apply(model, CONFIGS["static_quant"](bits=bits), task)
-        save_packed(quantized, out, task.spec())
+        from torchslim.reload import artifact_spec
+
+        save_packed(quantized, out, artifact_spec(task, quantized, task.spec()))
         reloaded = load_packed(out, quantized)
     return Exported(fmt, out, out.stat().st_size, task.evaluate(reloaded), source_metric)
 
