@@ -5,7 +5,6 @@ with ``torchslim.load(path, model=original)`` to identical outputs; the CLI does
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
