@@ -323,15 +323,32 @@ def load(path: str | os.PathLike[str], model: Original | None = None) -> nn.Modu
                 f"{path} was compressed from a model of your own; pass it: "
                 "torchslim.load(path, model=YourModel()) (or a function that builds it)"
             )
-        from torchslim.models import build_model
-
-        arch = spec["arch"]
-        model = lambda: build_model(arch["name"], **arch.get("kwargs", {}))  # noqa: E731
+        model = _arch_builder(path, spec["arch"])
     _check_on_meta(path, model, spec)
     try:
         return load_into(path, rebuild(model, spec)).eval()
     except CheckpointError as exc:
         raise CheckpointError(_with_student_hint(str(exc))) from exc
+
+
+def _arch_builder(path: Path, arch: dict[str, Any]) -> Callable[[], nn.Module]:
+    """A factory of the file's built-in architecture; a bad one is a CheckpointError."""
+    from torchslim.errors import TorchslimError
+    from torchslim.models import build_model
+
+    def build() -> nn.Module:
+        try:
+            return build_model(arch["name"], **arch.get("kwargs", {}))
+        except (TorchslimError, TypeError, ValueError, KeyError, RuntimeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"checkpoint {path}: the architecture its spec describes cannot be built "
+                f"({type(exc).__name__}: {first}); re-create the checkpoint"
+            ) from exc
+
+    return build
 
 
 def _check_on_meta(path: Path, original: Original, spec: dict[str, Any]) -> None:
