@@ -255,3 +255,28 @@ def test_wrong_model_names_first_mismatching_layer(user, tmp_path: Path) -> None
     with pytest.raises(ts.CheckpointError, match=r"pass it: torchslim.load\(path, model="):
         ts.load(path)
     assert wider.features[0].weight.shape == (24, 1, 3, 3)  # the given model is not modified
+
+
+def test_compress_pipeline_artifact_reloads(user, tmp_path: Path) -> None:
+    """What `torchslim compress` / `optimize` write (run_recipe's artifact) reloads."""
+    from torchslim.pipeline import run_recipe
+    from torchslim.recipe import Recipe
+
+    _, namespace, task = user
+    recipe = Recipe(
+        name="prune-tucker-int8",
+        steps=[
+            CONFIGS["channel_pruning"](ratio=0.5),
+            CONFIGS["tucker2"](ratio=0.5),
+            CONFIGS["static_quant"](calibration_batches=2),
+        ],
+    )
+    run = run_recipe(recipe, task, out=tmp_path, latency=False, deploy=False)
+    spec = ts.checkpoint.read_spec(run.artifact)
+    assert spec["format"].startswith("torchslim.packed") and spec["structure"]
+    # Tucker-2 factors of the pruned convs, each factor wrapped by int8 quantization
+    assert set(spec["factorized"]) >= {"features.4.conv1", "features.4.conv2", "features.5"}
+    assert spec["factorized"]["features.5"]["layers"][0]["type"] == "QuantizedLayer"
+    reloaded = ts.load(run.artifact, model=namespace["make_model"]())
+    inputs = task.inputs(8)
+    assert torch.equal(_outputs(reloaded, inputs), _outputs(run.model, inputs))
