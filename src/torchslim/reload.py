@@ -190,6 +190,10 @@ def artifact_spec(task: Any, model: nn.Module, spec: dict[str, Any]) -> dict[str
 
 def rebuild(original: Original, spec: dict[str, Any]) -> nn.Module:
     """An empty compressed model: a copy of ``original`` with the spec's changes applied."""
+    return apply_record(_instantiate(original), spec)
+
+
+def _instantiate(original: Original) -> nn.Module:
     if isinstance(original, nn.Module):
         model = copy.deepcopy(original)
     elif callable(original):
@@ -204,6 +208,26 @@ def rebuild(original: Original, spec: dict[str, Any]) -> nn.Module:
             f"model= is a {type(original).__name__}; pass the original nn.Module or a "
             "zero-argument function that builds it"
         )
+    return model
+
+
+def apply_record(model: nn.Module, spec: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Apply the spec's :data:`RECORD_KEYS` to ``model`` (modified; an early-exit model is new).
+
+    Raises:
+        CheckpointError: the record names layers the model lacks or cannot be built.
+    """
+    try:
+        return _apply_record(model, spec)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{source}: the structure its spec records cannot be built "
+            f"({type(exc).__name__}: {first}); re-create the file"
+        ) from exc
+
+
+def _apply_record(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     if spec.get("structure"):
         apply_structure(model, spec["structure"])
     if spec.get("factorized"):
@@ -325,8 +349,9 @@ def load(path: str | os.PathLike[str], model: Original | None = None) -> nn.Modu
             )
         model = _arch_builder(path, spec["arch"])
     _check_on_meta(path, model, spec)
+    compressed = apply_record(_instantiate(model), spec, f"checkpoint {path}")
     try:
-        return load_into(path, rebuild(model, spec)).eval()
+        return load_into(path, compressed).eval()
     except CheckpointError as exc:
         raise CheckpointError(_with_student_hint(str(exc))) from exc
 
@@ -357,17 +382,18 @@ def _check_on_meta(path: Path, original: Original, spec: dict[str, Any]) -> None
 
     from torchslim.spec import allocation_limit, check_shapes
 
-    if isinstance(original, nn.Module):
-        shell_original: Original = copy.deepcopy(original).to("meta")
-    else:
-        shell_original = original
     try:
         with torch.device("meta"):
-            shell = rebuild(shell_original, spec)
+            if isinstance(original, nn.Module):
+                bare = copy.deepcopy(original).to("meta")
+            else:
+                bare = _instantiate(original)
     except CheckpointError:
         raise
-    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: checked on load
+    except Exception:  # noqa: BLE001 - a factory that cannot run on meta: checked on load
         return
+    with torch.device("meta"):
+        shell = apply_record(bare, spec, f"checkpoint {path}")
     state = shell.state_dict()
     if is_packed(spec) or "sparse" in spec or path.suffix != ".safetensors":
         total = sum(t.numel() * t.element_size() for t in state.values())
