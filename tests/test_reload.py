@@ -252,6 +252,11 @@ def test_wrong_model_names_first_mismatching_layer(user, tmp_path: Path) -> None
     # a model without the recorded layers
     with pytest.raises(ts.CheckpointError, match="factorizes layer head, which the architecture"):
         ts.load(path, model=nn.Sequential(nn.Linear(2, 2)))
+    # another architecture altogether (e.g. a distilled student): its own factory is needed
+    plain = tmp_path / "plain.safetensors"
+    ts.measure(namespace["make_model"](), task, artifact=plain, latency=False)
+    with pytest.raises(ts.CheckpointError, match=r"missing .* pass its own factory"):
+        ts.load(plain, model=nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ts.CheckpointError, match=r"pass it: torchslim.load\(path, model="):
         ts.load(path)
     assert wider.features[0].weight.shape == (24, 1, 3, 3)  # the given model is not modified
