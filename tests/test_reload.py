@@ -219,6 +219,18 @@ def test_cli_measure_and_export_with_task_file(user, tmp_path: Path, capsys) -> 
     payload = json.loads(capsys.readouterr().out)
     assert payload["footprint"]["metric"] == pytest.approx(expected.metric, abs=1e-9)
     assert payload["footprint"]["params"] == ts.count_parameters(pruned)
+    # a packed int8 artifact of the pruned model: rebuilt and measured the same way
+    quantized = apply(pruned, CONFIGS["static_quant"](calibration_batches=2), task)
+    packed = tmp_path / "packed.safetensors"
+    expected = ts.measure(
+        quantized, task, artifact=packed, io=artifact_io(quantized, task, "packed"), latency=False
+    )
+    capsys.readouterr()
+    code = main(["measure", str(packed), "--task", f"{path}:task", "--no-latency", "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["footprint"]["metric"] == pytest.approx(expected.metric, abs=1e-9)
+    assert payload["footprint"]["artifact_bytes"] == packed.stat().st_size
     onnx_path = tmp_path / "pruned.onnx"
     code = main(
         [
