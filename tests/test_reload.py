@@ -245,6 +245,28 @@ def test_cli_measure_and_export_with_task_file(user, tmp_path: Path, capsys) -> 
         ]
     )
     assert code == 0 and onnx_path.stat().st_size > 1000
+    # the packed int8 file exports to ONNX: its dequantized weights, float activations
+    onnx_path = tmp_path / "packed.onnx"
+    code = main(
+        [
+            "export",
+            str(packed),
+            "--format",
+            "onnx",
+            "--task",
+            f"{path}:task",
+            "--out",
+            str(onnx_path),
+        ]
+    )
+    assert code == 0
+    from torchslim.export.onnx import OrtModule
+    from torchslim.techniques.fake_quant import to_float_model
+
+    inputs = task.inputs(8)
+    with torch.no_grad():  # the int8 weights, float activations
+        reference = to_float_model(quantized).eval()(inputs)
+    assert torch.allclose(OrtModule(onnx_path)(inputs), reference, atol=1e-4)
 
 
 def test_wrong_model_names_first_mismatching_layer(user, tmp_path: Path) -> None:

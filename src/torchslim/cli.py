@@ -441,7 +441,9 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         out = check_output(args.out, args.artifact)
     else:
         out = default_output(args.artifact, args.format)
-    model, task = load_source(args.artifact, args.task, args.data_dir, args.trust_task)
+    model, task = load_source(
+        args.artifact, args.task, args.data_dir, args.trust_task, fmt=args.format
+    )
     result = export_artifact(model, task, args.format, out, bits=args.bits, mode=args.mode)
     table = Table(title=f"exported {args.artifact}", title_justify="left")
     for column in ("format", "artifact", "bytes", f"{task.metric_name} (source)", task.metric_name):

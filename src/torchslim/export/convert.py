@@ -39,19 +39,26 @@ class Exported:
 
 
 def load_source(
-    path: str | Path, task_ref: str | None, data_dir: str | None, trust_task: bool = False
+    path: str | Path,
+    task_ref: str | None,
+    data_dir: str | None,
+    trust_task: bool = False,
+    fmt: str | None = None,
 ) -> tuple[nn.Module, Task]:
-    """Load a checkpoint (plain, sparse, channel-pruned or factorized) and its task.
+    """Load a checkpoint (plain, sparse, channel-pruned, factorized, any model) and its task.
 
     ``task_ref`` is the user's ``--task``; without it the checkpoint's own task is used when
-    it is a built-in name (a ``.py`` file named by the file needs ``trust_task``).
+    it is a built-in name (a ``.py`` file named by the file needs ``trust_task``). A packed
+    artifact is a final form: it is only exported to ``onnx`` (``fmt``; its dequantized
+    weights).
     """
     from torchslim.spec import resolve_task
 
     _, spec = read_checkpoint(path)
-    if spec.get("format", "").startswith("torchslim.packed"):
+    if spec.get("format", "").startswith("torchslim.packed") and fmt != "onnx":
         raise CheckpointError(
-            f"{path} is a packed artifact (final form); export from the float checkpoint instead"
+            f"{path} is a packed artifact (final form); export it to onnx, or export from the "
+            "float checkpoint instead"
         )
     task = resolve_task(spec, task_ref, f"checkpoint {path}", trust=trust_task, data_dir=data_dir)
     from torchslim.reload import load
