@@ -319,3 +319,47 @@ def test_compress_pipeline_artifact_reloads(user, tmp_path: Path) -> None:
     reloaded = ts.load(run.artifact, model=namespace["make_model"]())
     inputs = task.inputs(8)
     assert torch.equal(_outputs(reloaded, inputs), _outputs(run.model, inputs))
+
+
+@pytest.mark.filterwarnings("ignore:dynamic_quant. skipping")
+@pytest.mark.parametrize(
+    ("technique", "fmt"), [("dynamic_quant", "packed"), ("magnitude_pruning", "sparse")]
+)
+def test_dynamic_int8_and_sparse_files_reload(user, tmp_path: Path, technique, fmt) -> None:
+    _, _, task = user
+    config = CONFIGS[technique]() if fmt == "packed" else CONFIGS[technique](sparsity=0.7)
+    reloaded, path = _roundtrip(user, config, tmp_path, fmt=fmt)
+    spec = ts.checkpoint.read_spec(path)
+    if fmt == "packed":  # only Linear layers: the head, with per-batch input ranges
+        assert spec["structure"]["head"]["input"]["mode"] == "dynamic"
+        assert list(spec["structure"]) == ["head"]
+    else:  # the shapes are the original's: nothing to record
+        assert "sparse" in spec and "structure" not in spec
+
+
+def test_multihead_attention_heads_reload(tmp_path: Path) -> None:
+    """nn.MultiheadAttention with half its heads removed becomes HeadPrunedAttention."""
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(6, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.embed(x)
+            return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(8, 5, 6), torch.arange(8) % 3)
+    task = ts.Task(name="mha", model=Encoder(), test=data, train_config=ts.TrainConfig(epochs=0))
+    config = CONFIGS["channel_pruning"](ratio=0.0, head_ratio=0.5)
+    pruned = apply(task.build_model(), config, task)
+    path = tmp_path / "mha.safetensors"
+    ts.measure(pruned, task, artifact=path, latency=False)
+    entry = ts.checkpoint.read_spec(path)["structure"]["attn"]
+    assert (entry["type"], entry["num_heads"], entry["head_dim"]) == ("HeadPrunedAttention", 2, 4)
+    reloaded = ts.load(path, model=Encoder())
+    inputs = task.inputs(4)
+    assert torch.equal(_outputs(reloaded, inputs), _outputs(pruned, inputs))
