@@ -170,8 +170,8 @@ def reference_of(task: Any) -> nn.Module | None:
     elif isinstance(task.model, nn.Module):
         reference = task.build_model()
     else:
-        try:
-            with torch.device("meta"):
+        try:  # the caller's random state is left alone, as Task.build_model does
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
                 reference = task.model()
         except Exception:  # noqa: BLE001 - a factory that cannot run on meta: build it for real
             reference = task.build_model()
@@ -383,7 +383,7 @@ def _check_on_meta(path: Path, original: Original, spec: dict[str, Any]) -> None
     from torchslim.spec import allocation_limit, check_shapes
 
     try:
-        with torch.device("meta"):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
             if isinstance(original, nn.Module):
                 bare = copy.deepcopy(original).to("meta")
             else:
