@@ -44,9 +44,41 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-descriptions = st.fixed_dictionaries(
+plain_descriptions = st.fixed_dictionaries(
     {"type": st.sampled_from(["Linear", "Conv1d", "BatchNorm1d", "Embedding", "Evil", 3])},
     optional={
+        "in_features": sizes,
+        "out_features": sizes,
+        "bias": st.one_of(st.booleans(), sizes),
+    },
+)
+descriptions = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["Linear", "Conv1d", "BatchNorm1d", "Embedding", "Evil", 3]
+            + ["QuantizedLayer", "CodebookLayer", "Identity", "Flatten", "AdaptiveAvgPool1d"]
+        )
+    },
+    optional={
+        "module": st.one_of(plain_descriptions, json_values),
+        "weight": st.one_of(
+            st.fixed_dictionaries(
+                {
+                    "bits": sizes,
+                    "symmetric": st.booleans(),
+                    "per_channel": st.booleans(),
+                    "channels": sizes,
+                    "observer": st.sampled_from(["minmax", "evil"]),
+                    "percentile": st.floats(allow_nan=True),
+                    "reduce_range": st.booleans(),
+                }
+            ),
+            json_values,
+        ),
+        "input": json_values,
+        "bits": sizes,
+        "centroids": sizes,
+        "output_size": st.one_of(sizes, st.lists(sizes, max_size=2)),
         "in_features": sizes,
         "out_features": sizes,
         "bias": st.one_of(st.booleans(), sizes),
@@ -142,6 +174,36 @@ specs = st.one_of(
                 max_size=1,
             ),
             "sparse": st.one_of(sparse, json_values),
+            "resized": st.one_of(
+                st.dictionaries(
+                    st.sampled_from(["layers.0.weight", "layers.2.bias", "nope.w", "x"]),
+                    st.one_of(st.lists(sizes, max_size=3), json_values),
+                    max_size=2,
+                ),
+                json_values,
+            ),
+            "attributes": st.one_of(
+                st.dictionaries(
+                    layer_names,
+                    st.dictionaries(
+                        st.sampled_from(["num_heads", "head_dim", "forward"]), sizes, max_size=2
+                    ),
+                    max_size=2,
+                ),
+                json_values,
+            ),
+            "early_exit": st.one_of(
+                st.fixed_dictionaries(
+                    {
+                        "exits": st.lists(
+                            st.sampled_from(["layers.0", "layers.1", "x"]), max_size=2
+                        ),
+                        "threshold": st.floats(allow_nan=True),
+                        "heads": st.lists(st.lists(descriptions, max_size=2), max_size=2),
+                    }
+                ),
+                json_values,
+            ),
             "hf": hf,
             "train_steps": sizes,
             "unknown": json_values,
@@ -155,6 +217,10 @@ def _state() -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         model = build_model("mlp", in_features=4, hidden=[8], num_classes=2)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _mlp() -> torch.nn.Module:
+    return build_model("mlp", in_features=4, hidden=[8], num_classes=2)
 
 
 def _tensor_bytes(model: torch.nn.Module) -> int:
@@ -187,6 +253,12 @@ def test_fuzzed_specs_load_or_raise_a_typed_error(tmp_path, small_limits, spec):
         assert _tensor_bytes(model) <= allocation_limit(path.stat().st_size)
         assert loaded == spec
         assert all(torch.equal(model.state_dict()[k], v) for k, v in _state().items())
+    try:  # the user's own original: the record is applied to it
+        model = ts.load(path, model=_mlp)
+    except TorchslimError:
+        pass
+    else:
+        assert _tensor_bytes(model) <= allocation_limit(path.stat().st_size)
     try:
         resolve_task(ts.read_checkpoint(path)[1], None, "fuzz")
     except TorchslimError:

@@ -114,3 +114,25 @@ def test_size_search_adds_the_embedding_knob_by_default(tiny, tmp_path):
     steps = [step.name for step in result.recipe.steps]
     assert steps == ["linear_int8", "embedding_quant"]  # a 100-point budget takes all of it
     assert result.met
+
+
+def test_pipeline_writes_a_transformer_artifact_that_reloads(tiny, tmp_path):
+    """What `optimize` / `compress` write for a Hugging Face encoder (issue #18): the
+    transformer artifact, which `torchslim.load` and `load_artifact` rebuild from the file."""
+    import torchslim as ts
+    from torchslim.hf.loading import load_artifact
+    from torchslim.pipeline import run_recipe
+    from torchslim.recipe import Recipe
+
+    task, base = tiny
+    recipe = Recipe(name="best", steps=[LinearInt8(), EmbeddingQuant(bits=4, group_size=8)])
+    run = run_recipe(recipe, task, baseline=base, out=tmp_path, latency=False, deploy=False)
+    assert run.artifact.name == "best.safetensors"
+    assert ts.checkpoint.read_spec(run.artifact)["hf"]["kind"] == "encoder"
+    from torchslim.task import call_model
+
+    inputs = task.inputs(4)
+    with torch.no_grad():
+        expected = call_model(run.model.eval(), inputs)
+        for reloaded in (ts.load(run.artifact), load_artifact(run.artifact)[0]):
+            assert torch.equal(call_model(reloaded.eval(), inputs), expected)

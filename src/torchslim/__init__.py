@@ -40,6 +40,7 @@ from torchslim.measure import (
     measure_many,
 )
 from torchslim.metrics import Accuracy, CallableMetric, CosineFidelity
+from torchslim.reload import load
 from torchslim.task import Task, TrainConfig, TrainResult
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "count_macs",
     "count_nonzero",
     "count_parameters",
+    "load",
     "load_checkpoint",
     "measure",
     "measure_many",

@@ -104,18 +104,12 @@ def save_checkpoint(
     payload = dict(spec or {})
     payload.setdefault("format", FORMAT)
     payload.setdefault("hardware", _hardware_record())
-    if isinstance(payload.get("arch"), dict) and "structure" not in payload:
-        from torchslim.structure import reference_model, structure_diff
+    if isinstance(payload.get("arch"), dict):  # record how the model differs from its arch
+        from torchslim.reload import structure_record
+        from torchslim.structure import reference_model
 
-        structure = structure_diff(model, reference_model(payload["arch"]))
-        if structure:  # layer widths changed (channel pruning): record them to rebuild
-            payload["structure"] = structure
-    if isinstance(payload.get("arch"), dict) and "factorized" not in payload:
-        from torchslim.techniques.lowrank import factorized_structure
-
-        factorized = factorized_structure(model)
-        if factorized:  # low-rank layers: record their ranks to rebuild
-            payload["factorized"] = factorized
+        record = structure_record(model, reference_model(payload["arch"]))
+        payload.update({k: v for k, v in record.items() if k not in payload})
     try:
         metadata = {SPEC_KEY: json.dumps(payload, sort_keys=True)}
     except TypeError as exc:
@@ -344,16 +338,9 @@ def _build_unchecked(spec: dict[str, Any]) -> nn.Module:
             "checkpoint has no architecture spec (it holds weights only); load it with "
             "the task it was trained for, e.g. `torchslim measure TASK --checkpoint FILE`"
         )
-    model = build_model(arch["name"], **arch.get("kwargs", {}))
-    if spec.get("structure"):
-        from torchslim.structure import apply_structure
+    from torchslim.reload import rebuild
 
-        apply_structure(model, spec["structure"])
-    if spec.get("factorized"):
-        from torchslim.techniques.lowrank import apply_factorized_structure
-
-        apply_factorized_structure(model, spec["factorized"])
-    return model
+    return rebuild(build_model(arch["name"], **arch.get("kwargs", {})), spec)
 
 
 def convert_state_dict(

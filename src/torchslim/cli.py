@@ -308,7 +308,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 def cmd_measure(args: argparse.Namespace, console: Console) -> int:
     """Measure a task's baseline or a checkpoint file."""
     from torchslim import tasks
-    from torchslim.checkpoint import load_checkpoint, read_checkpoint
+    from torchslim.checkpoint import read_checkpoint
     from torchslim.measure import existing_file_io, measure
     from torchslim.spec import resolve_task
 
@@ -319,13 +319,12 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
         _, spec = read_checkpoint(target)
         where = f"checkpoint {target}"
         task = resolve_task(spec, args.task, where, trust=args.trust_task, data_dir=args.data_dir)
-        pruned = bool(spec.get("structure"))  # channel-pruned: rebuild from the recorded shapes
-        if "hf" in spec:  # a transformer artifact: rebuilt from its own spec
-            from torchslim.hf.loading import load_artifact
+        from torchslim.reload import load
 
-            model, _ = load_artifact(target)
-        else:
-            model, _ = load_checkpoint(target, model=None if pruned else task.build_model())
+        # rebuilt from the file plus the original model (the task's, or the file's built-in
+        # architecture); a transformer artifact is rebuilt from its own spec
+        builtin = isinstance(spec.get("arch"), dict) or "hf" in spec
+        model = load(target, model=None if builtin else task.build_model())
         name, io = target.name, existing_file_io(target, model)
     else:
         task = tasks.get(args.target, data_dir=args.data_dir)
@@ -442,7 +441,9 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         out = check_output(args.out, args.artifact)
     else:
         out = default_output(args.artifact, args.format)
-    model, task = load_source(args.artifact, args.task, args.data_dir, args.trust_task)
+    model, task = load_source(
+        args.artifact, args.task, args.data_dir, args.trust_task, fmt=args.format
+    )
     result = export_artifact(model, task, args.format, out, bits=args.bits, mode=args.mode)
     table = Table(title=f"exported {args.artifact}", title_justify="left")
     for column in ("format", "artifact", "bytes", f"{task.metric_name} (source)", task.metric_name):

@@ -201,7 +201,11 @@ def checkpoint_io(
             spec = {**spec, "arch": arch}
 
     def save(model: nn.Module, path: Path) -> None:
-        save_checkpoint(model, path, spec)
+        from torchslim.reload import artifact_spec
+
+        save_checkpoint(
+            model, path, artifact_spec(task, model, spec) if "arch" not in spec else spec
+        )
 
     def load(path: Path) -> nn.Module:
         def build(saved: dict[str, Any]) -> nn.Module:
@@ -221,7 +225,9 @@ def existing_file_io(source: str | Path, template: nn.Module) -> ArtifactIO:
                 shutil.copyfile(source, tmp)
 
     def load(path: Path) -> nn.Module:
-        return load_checkpoint(path, model=copy.deepcopy(template))[0]
+        from torchslim.reload import load_into
+
+        return load_into(path, template)
 
     return ArtifactIO(save, load, suffix=Path(source).suffix)
 

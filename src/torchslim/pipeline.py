@@ -84,11 +84,23 @@ def choose_format(model: nn.Module, requested: str | None = None) -> str:
 
 
 def artifact_io(model: nn.Module, task: Task, fmt: str) -> ArtifactIO:
-    """The ArtifactIO writing ``model`` in format ``fmt`` (torch, sparse, packed)."""
+    """The ArtifactIO writing ``model`` in format ``fmt`` (torch, sparse, packed).
+
+    A Hugging Face encoder / classifier is written as a transformer artifact
+    (``torchslim.hf.loading.save_artifact``: it rebuilds from the file alone) in place of
+    ``torch`` and ``sparse``.
+    """
+    from torchslim.hf.loading import _Wrapper  # imports no transformers
+
+    if isinstance(model, _Wrapper) and fmt in ("torch", "sparse"):
+        from torchslim.hf.loading import artifact_io as hf_artifact_io
+
+        return hf_artifact_io(task.spec())
     if fmt == "packed":
         from torchslim.export.packed import packed_io
+        from torchslim.reload import artifact_spec
 
-        return packed_io(model, task.spec())
+        return packed_io(model, artifact_spec(task, model, task.spec()))
     if fmt == "sparse":
         from torchslim.export.sparse import sparse_io
 

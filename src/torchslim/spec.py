@@ -58,6 +58,9 @@ CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
     "sparse": (dict,),
     "hf": (dict,),
     "hardware": (dict,),
+    "resized": (dict,),
+    "attributes": (dict,),
+    "early_exit": (dict,),
 }
 """Keys of a ``torchslim.checkpoint/1`` spec and their JSON types."""
 
@@ -363,6 +366,7 @@ def _validate(
     if "factorized" in spec:
         _described_modules(spec["factorized"], "factorized", where, "layers")
         _walk(spec["factorized"], "factorized", where, max_int)
+    _validate_record(spec, where, max_int)
     if "hardware" in spec:
         _validate_hardware(spec["hardware"], where)
     if "sparse" in spec:
@@ -376,6 +380,45 @@ def _validate(
             _walk(spec[key], key, where, max_int)
     _validate_packed(spec, where)
     return spec
+
+
+def _validate_record(spec: dict[str, Any], where: str, max_int: int) -> None:
+    """``resized`` / ``attributes`` / ``early_exit`` (see torchslim.reload)."""
+    for name, shape in spec.get("resized", {}).items():
+        _expect(shape, (list,), f"resized.{name}", where)
+        if len(shape) > 8:
+            raise _fail(where, f"has 'resized.{name}' with {len(shape)} dimensions")
+        for size in shape:
+            if _expect(size, (int,), f"resized.{name}", where) < 0:
+                raise _fail(where, f"has 'resized.{name}' = {shape} with a negative size")
+    _walk(spec.get("resized", {}), "resized", where, max_int)
+    for name, values in spec.get("attributes", {}).items():
+        _expect(values, (dict,), f"attributes.{name}", where)
+        for key, value in values.items():
+            if key not in ("num_heads", "head_dim"):
+                raise _fail(where, f"has unknown key 'attributes.{name}.{key}'")
+            if _expect(value, (int,), f"attributes.{name}.{key}", where) <= 0:
+                raise _fail(where, f"has 'attributes.{name}.{key}' = {value}, expected > 0")
+    _walk(spec.get("attributes", {}), "attributes", where, max_int)
+    if "early_exit" in spec:
+        entry = spec["early_exit"]
+        extra = set(entry) - {"exits", "threshold", "heads"}
+        if extra:
+            raise _fail(where, f"has unknown key 'early_exit.{sorted(extra)[0]}'")
+        for key, types in (("exits", (list,)), ("threshold", _NUMBER), ("heads", (list,))):
+            _expect(entry.get(key), types, f"early_exit.{key}", where)
+        for index, point in enumerate(entry["exits"]):
+            _expect(point, (str,), f"early_exit.exits[{index}]", where)
+        for index, head in enumerate(entry["heads"]):
+            _described_modules(
+                {
+                    str(i): d
+                    for i, d in enumerate(_expect(head, (list,), "early_exit.heads", where))
+                },
+                f"early_exit.heads[{index}]",
+                where,
+            )
+        _walk(entry, "early_exit", where, max_int)
 
 
 def _validate_packed(spec: dict[str, Any], where: str) -> None:

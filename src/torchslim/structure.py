@@ -37,8 +37,117 @@ def _head_pruned() -> type[nn.Module]:
     return HeadPrunedAttention
 
 
+_SIMPLE: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (nn.Identity, nn.Flatten, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+}
+
+
+def _describe_wrapper(module: nn.Module) -> dict[str, Any] | None:
+    """Quantization wrappers (fake-quant, codebook) and parameter-free layers, or None."""
+    from torchslim.techniques.codebook import CodebookLayer  # lazy: avoids an import cycle
+    from torchslim.techniques.fake_quant import QuantizedLayer
+
+    if isinstance(module, QuantizedLayer):
+        inner = describe_module(module.module)
+        if inner is None:
+            return None
+        wq, iq = module.weight_quant, module.input_quant
+        return {
+            "type": "QuantizedLayer",
+            "module": inner,
+            "enabled": bool(module.enabled),
+            "weight": {
+                "bits": wq.bits,
+                "symmetric": bool(wq.symmetric),
+                "per_channel": wq.axis == 0,
+                "channels": int(wq.scale.numel()),
+                "observer": wq.observer,
+                "percentile": float(wq.percentile),
+                "reduce_range": bool(wq.reduce_range),
+            },
+            "input": None
+            if iq is None
+            else {
+                "bits": iq.bits,
+                "symmetric": bool(iq.symmetric),
+                "observer": iq.observer_name,
+                "percentile": float(iq.percentile),
+                "mode": iq.mode,
+            },
+        }
+    if isinstance(module, CodebookLayer):
+        inner = describe_module(module.module)
+        if inner is None:
+            return None
+        return {
+            "type": "CodebookLayer",
+            "module": inner,
+            "bits": int(module.bits),
+            "centroids": int(module.centroids.numel()),
+        }
+    if type(module) in _SIMPLE.values():
+        description: dict[str, Any] = {"type": type(module).__name__}
+        if isinstance(module, nn.Flatten):
+            description.update(start_dim=module.start_dim, end_dim=module.end_dim)
+        elif not isinstance(module, nn.Identity):
+            size = module.output_size  # type: ignore[attr-defined]
+            description["output_size"] = list(size) if isinstance(size, tuple) else size
+        return description
+    return None
+
+
+def _build_wrapper(kind: str, args: dict[str, Any]) -> nn.Module:
+    from torchslim.techniques.codebook import CodebookLayer
+    from torchslim.techniques.fake_quant import ActQuantizer, QuantizedLayer, WeightQuantizer
+
+    if kind == "CodebookLayer":
+        inner = build_module(args["module"])
+        shape = tuple(inner.weight.shape)  # type: ignore[union-attr]
+        count = int(args["centroids"])
+        return CodebookLayer(
+            inner, torch.zeros(count), torch.zeros(shape, dtype=torch.uint8), int(args["bits"])
+        )
+    if kind == "QuantizedLayer":
+        inner = build_module(args["module"])
+        w = args["weight"]
+        weight_quant = WeightQuantizer(
+            int(w["bits"]),
+            bool(w["symmetric"]),
+            bool(w["per_channel"]),
+            int(w["channels"]),
+            observer=str(w["observer"]),
+            percentile=float(w["percentile"]),
+            reduce_range=bool(w["reduce_range"]),
+        )
+        i = args.get("input")
+        input_quant = None
+        if i is not None:
+            mode = str(i["mode"])
+            if mode not in ("off", "calibrate", "qat", "quant", "dynamic"):
+                raise CheckpointError(f"checkpoint structure names quantizer mode {mode!r}")
+            input_quant = ActQuantizer(
+                int(i["bits"]),
+                bool(i["symmetric"]),
+                observer=str(i["observer"]),
+                percentile=float(i["percentile"]),
+                dynamic=mode == "dynamic",
+            )
+            input_quant.mode = mode
+        layer = QuantizedLayer(inner, weight_quant, input_quant)
+        layer.enabled = bool(args.get("enabled", True))
+        return layer
+    cls = _SIMPLE[kind]
+    if "output_size" in args and isinstance(args["output_size"], list):
+        args["output_size"] = tuple(args["output_size"])
+    return cls(**args)
+
+
 def describe_module(module: nn.Module) -> dict[str, Any] | None:
     """Constructor arguments of a supported module as JSON values (None if unsupported)."""
+    wrapped = _describe_wrapper(module)
+    if wrapped is not None:
+        return wrapped
     if isinstance(module, _head_pruned()):
         return {
             "type": "HeadPrunedAttention",
@@ -123,10 +232,18 @@ def build_module(description: dict[str, Any]) -> nn.Module:
     kind = args.pop("type", None)
     if kind == "HeadPrunedAttention":
         return _head_pruned()(**args)
+    if kind in ("QuantizedLayer", "CodebookLayer", *_SIMPLE):
+        try:
+            return _build_wrapper(str(kind), args)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint structure describes a {kind} it cannot build ({exc}); "
+                "re-create the file"
+            ) from exc
     if kind not in _TYPES:
         raise CheckpointError(
             f"checkpoint structure names module type {kind!r}, which cannot be rebuilt; "
-            f"supported: {', '.join(sorted(_TYPES))}"
+            f"supported: {', '.join(sorted([*_TYPES, *_SIMPLE]))}, QuantizedLayer, CodebookLayer"
         )
     if kind == "MultiheadAttention":
         embed_dim = args["embed_dim"]

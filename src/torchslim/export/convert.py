@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from torchslim.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from torchslim.checkpoint import read_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
 from torchslim.task import Task, preserved_modes
 
@@ -39,22 +39,31 @@ class Exported:
 
 
 def load_source(
-    path: str | Path, task_ref: str | None, data_dir: str | None, trust_task: bool = False
+    path: str | Path,
+    task_ref: str | None,
+    data_dir: str | None,
+    trust_task: bool = False,
+    fmt: str | None = None,
 ) -> tuple[nn.Module, Task]:
-    """Load a checkpoint (plain, sparse, channel-pruned or factorized) and its task.
+    """Load a checkpoint (plain, sparse, channel-pruned, factorized, any model) and its task.
 
     ``task_ref`` is the user's ``--task``; without it the checkpoint's own task is used when
-    it is a built-in name (a ``.py`` file named by the file needs ``trust_task``).
+    it is a built-in name (a ``.py`` file named by the file needs ``trust_task``). A packed
+    artifact is a final form: it is only exported to ``onnx`` (``fmt``; its dequantized
+    weights).
     """
     from torchslim.spec import resolve_task
 
     _, spec = read_checkpoint(path)
-    if spec.get("format", "").startswith("torchslim.packed"):
+    if spec.get("format", "").startswith("torchslim.packed") and fmt != "onnx":
         raise CheckpointError(
-            f"{path} is a packed artifact (final form); export from the float checkpoint instead"
+            f"{path} is a packed artifact (final form); export it to onnx, or export from the "
+            "float checkpoint instead"
         )
     task = resolve_task(spec, task_ref, f"checkpoint {path}", trust=trust_task, data_dir=data_dir)
-    model, _ = load_checkpoint(path, model=None if "arch" in spec else task.build_model())
+    from torchslim.reload import load
+
+    model = load(path, model=None if "arch" in spec else task.build_model())
     return model, task
 
 
@@ -73,8 +82,10 @@ def export_artifact(
 def _export(model: nn.Module, task: Task, fmt: str, out: Path, bits: int, mode: str) -> Exported:
     source_metric = task.evaluate(model)
     if fmt == "torch":
-        save_checkpoint(model, out, task.spec())
-        reloaded, _ = load_checkpoint(out, model=None if task.arch else task.build_model())
+        from torchslim.reload import artifact_spec, load
+
+        save_checkpoint(model, out, artifact_spec(task, model, task.spec()))
+        reloaded = load(out, model=None if task.arch else task.build_model())
     elif fmt == "onnx":
         from torchslim.export.onnx import OrtModule, export_onnx
 
@@ -88,7 +99,9 @@ def _export(model: nn.Module, task: Task, fmt: str, out: Path, bits: int, mode: 
         from torchslim.techniques import CONFIGS, apply
 
         quantized = apply(model, CONFIGS["static_quant"](bits=bits), task)
-        save_packed(quantized, out, task.spec())
+        from torchslim.reload import artifact_spec
+
+        save_packed(quantized, out, artifact_spec(task, quantized, task.spec()))
         reloaded = load_packed(out, quantized)
     return Exported(fmt, out, out.stat().st_size, task.evaluate(reloaded), source_metric)
 

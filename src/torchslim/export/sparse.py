@@ -178,7 +178,9 @@ def sparse_io(
         spec = task.spec() if task is not None else {}
 
     def save(model: nn.Module, path: Path) -> None:
-        save_sparse(model, path, spec)
+        from torchslim.reload import artifact_spec
+
+        save_sparse(model, path, artifact_spec(task, model, spec) if "arch" not in spec else spec)
 
     def load(path: Path) -> nn.Module:
         def build(saved: dict[str, Any]) -> nn.Module:

@@ -516,9 +516,11 @@ def lowrank_io(task: Any, template: nn.Module) -> ArtifactIO:
     """A safetensors artifact whose spec records the factorized layers (no pickling)."""
 
     def save(model: nn.Module, path: Path) -> None:
+        from torchslim.reload import artifact_spec
+
         spec = task.spec() if task is not None else {}
         spec[SPEC_KEY] = factorized_structure(model)
-        save_checkpoint(model, path, spec)
+        save_checkpoint(model, path, spec if "arch" in spec else artifact_spec(task, model, spec))
 
     def load(path: Path) -> nn.Module:
         spec = read_spec(path)
