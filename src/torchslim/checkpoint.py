@@ -236,26 +236,9 @@ def load_state_into(
     model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
 ) -> nn.Module:
     """Copy ``state`` into ``model`` after checking every key and shape; name the first mismatch."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-        raise CheckpointError(
-            f"{source} does not match the architecture ({'; '.join(parts)}); "
-            "load it with the task or model it was saved from"
-        )
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{source} does not match the architecture: {key} has shape "
-                f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model; "
-                "load it with the task or model it was saved from"
-            )
+    from torchslim.spec import check_shapes
+
+    check_shapes(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True)
     return model
 
