@@ -54,6 +54,8 @@ class OptimizeResult:
         pareto: names of the candidates on the front.
         curves: the sensitivity curves.
         seconds: wall time of the whole run.
+        answered_by: for a worker of a shared study whose answer another worker writes
+            into the shared ``out`` folder: that worker (``host:pid``); else None.
     """
 
     report: Report
@@ -65,6 +67,7 @@ class OptimizeResult:
     pareto: list[str] = field(default_factory=list)
     curves: Curves = field(default_factory=dict)
     seconds: float = 0.0
+    answered_by: str | None = None
 
 
 def _check_limits(trials: int | None, time_limit: float | None, strategy: str) -> None:
@@ -107,6 +110,7 @@ def optimize(
     threads: int = 1,
     progress: bool = True,
     latency: bool = True,
+    heartbeat: int | None = None,
 ) -> OptimizeResult:
     """Find the most compressed model of ``task`` whose metric drop stays within budget.
 
@@ -153,6 +157,8 @@ def optimize(
         threads: intra-op threads while timing.
         progress: show progress bars.
         latency: time the final candidate against the baseline (always for latency).
+        heartbeat: seconds between a running trial's heartbeats in a stored study
+            (default 10); a trial silent for three of them is failed and retried.
     """
     start = time.monotonic()
     budget = Budget(max_drop, drop_type)
@@ -167,7 +173,9 @@ def optimize(
     if strategy == "optuna":
         from torchslim.search.optuna_search import open_storage
 
-        storage_obj = open_storage(storage)  # fail fast, before training anything
+        storage_obj = open_storage(  # fail fast, before training anything
+            storage, **({} if heartbeat is None else {"heartbeat": heartbeat})
+        )
     knobs = tuple(techniques) if techniques else default_knobs(goal.kind, goal.runtime)
     if not knobs:
         raise ConfigError("the list of techniques is empty; name at least one")
@@ -234,14 +242,30 @@ def optimize(
     if strategy == "greedy":
         records = greedy_search(evaluator, curves, base_val_metric, trials or 12, deadline)
     else:
-        from torchslim.search.optuna_search import open_study, run_study, study_records
+        from torchslim.search.optuna_search import (
+            claim_answer,
+            open_study,
+            run_study,
+            study_records,
+            trials_per_worker,
+        )
 
         shared = storage is not None
+        settings = {
+            "objective": goal.to_dict(),
+            "budget": budget.to_dict(),
+            "knobs": list(knobs),
+            "ranges": {k: list(map(float, v)) for k, v in sorted((ranges or {}).items())},
+            "recovery": f"{recovery} {rounds} epoch(s), lr {recovery_lr}",
+            "codebook_epochs": codebook,
+            "sensitivity_epochs": probe,
+            "margin": margin,
+        }
         study_obj = open_study(
             storage_obj,
             study,
             task.fingerprint(),
-            {"objective": goal.to_dict(), "budget": budget.to_dict(), "knobs": list(knobs)},
+            settings,
             multi_objective,
             seed=(seed + _pid()) if (seed is not None and shared) else seed,
             evaluator=evaluator,
@@ -267,6 +291,33 @@ def optimize(
         run_study(study_obj, evaluator, trials or 30, remaining, seeds, multi_objective)
         records = study_records(study_obj)
         notes.append(f"study {study_obj.study_name!r}: {len(study_obj.trials)} trial(s) in storage")
+        counts = trials_per_worker(study_obj)
+        notes.append(
+            f"trials per worker ({len(counts)} worker(s)): "
+            + ", ".join(f"{worker} {n}" for worker, n in counts.items())
+        )
+        holder = claim_answer(out, study_obj) if (shared and out is not None) else None
+        if holder is not None:  # another worker of the study writes the answer into out
+            evaluator.close()
+            return OptimizeResult(
+                report=Report(
+                    task=task.name,
+                    metric_name=task.metric_name,
+                    baseline=evaluator.base_val,
+                    candidates=[],
+                    budget=budget.to_dict(),
+                    sensitivity=curves,
+                    notes=[*notes, f"the answer is written by worker {holder} into {out}"],
+                ),
+                best=None,
+                best_found=None,
+                met=False,
+                recipe=None,
+                records=records,
+                curves=curves,
+                seconds=time.monotonic() - start,
+                answered_by=holder,
+            )
     timed = latency or goal.needs_latency
     return _finish(task, base, evaluator, budget, records, curves, notes, out, start, timed)
 
@@ -371,6 +422,7 @@ def _finish(
         if chosen is not None and not met:
             notes.append("the re-run of the chosen recipe missed the budget on test; not accepted")
         baseline_fp = final_run.baseline_footprint
+        final_run.candidate.origin = found.candidate.origin
     else:
         recipe, met = None, False
         from torchslim.measure import measure
