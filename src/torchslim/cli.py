@@ -53,6 +53,15 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="data folder for tasks that read files (e.g. cifar10-vgg)"
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where training and statistics run: auto (first accelerator, else CPU), "
+        "cpu (default), cuda, cuda:N or mps",
+    )
+    parser.add_argument(
+        "--amp", choices=("bf16", "fp16"), help="mixed-precision training (default: off)"
+    )
     hf = parser.add_argument_group("transformer tasks (text-embedding, text-classification)")
     hf.add_argument("--model-dir", help="local Hugging Face / sentence-transformers model folder")
     hf.add_argument("--texts", help="texts file, one per line (default: the built-in set)")
@@ -64,6 +73,18 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
         type=lambda text: [int(v) for v in text.split(",")],
         help="latency batch sizes, comma-separated (default 1,32)",
     )
+
+
+def _set_device(task: Any, args: argparse.Namespace) -> None:
+    """Apply --device / --amp to the task's train config (checked against what torch sees)."""
+    import dataclasses
+
+    from torchslim.device import check_amp, resolve_device
+
+    device = getattr(args, "device", "cpu")
+    amp = getattr(args, "amp", None)
+    check_amp(amp, resolve_device(device))
+    task.train_config = dataclasses.replace(task.train_config, device=device, amp=amp)
 
 
 def _add_measure_options(parser: argparse.ArgumentParser) -> None:
@@ -256,6 +277,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from torchslim.measure import checkpoint_io, measure
 
     task = tasks.get(args.task, data_dir=args.data_dir)
+    _set_device(task, args)
     start = time.perf_counter()
     model = task.baseline(retrain=args.retrain)
     seconds = time.perf_counter() - start
@@ -298,6 +320,7 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
                 f"checkpoint {target} does not name its task; pass --task NAME_OR_FILE.py:function"
             )
         task = tasks.get(task_ref, data_dir=args.data_dir)
+        _set_device(task, args)
         pruned = bool(spec.get("structure"))  # channel-pruned: rebuild from the recorded shapes
         if "hf" in spec:  # a transformer artifact: rebuilt from its own spec
             from torchslim.hf.loading import load_artifact
@@ -308,6 +331,7 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
         name, io = target.name, existing_file_io(target, model)
     else:
         task = tasks.get(args.target, data_dir=args.data_dir)
+        _set_device(task, args)
         model = task.baseline()
         name, io = task.name, None
     footprint = measure(model, task, io=io, **_measure_kwargs(args))
@@ -339,6 +363,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     from torchslim.analyze import analysis_tables, analyze
 
     task = tasks.get(args.task, data_dir=args.data_dir)
+    _set_device(task, args)
     analysis = analyze(task)
     if args.json:
         print(json.dumps({"task": task.name, **analysis.to_dict()}, indent=2))
@@ -361,6 +386,7 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     if not task_ref:
         raise TaskError(f"recipe {args.recipe} names no task; pass TASK on the command line")
     task = tasks.get(task_ref, data_dir=args.data_dir)
+    _set_device(task, args)
     out = Path(args.out)
     run = run_recipe(
         recipe,
@@ -453,6 +479,7 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         [t.strip() for t in args.techniques.split(",") if t.strip()] if args.techniques else None
     )
     task = tasks.get(args.task, data_dir=args.data_dir)
+    _set_device(task, args)
     result = optimize(
         task,
         args.max_drop,

@@ -238,6 +238,9 @@ def optimize(
         f"{rounds} epoch(s); sensitivity measured after {probe} recovery epoch(s)",
         f"val margin: candidates must stay within {1 - margin:.0%} of the budget on val",
         "the search saw the val split only; candidates are reported with their test metric",
+        f"training and statistics on {task.device}"
+        + (f" ({task.train_config.amp} mixed precision)" if task.train_config.amp else "")
+        + "; artifacts saved from CPU tensors",
     ]
     if strategy == "greedy":
         records = greedy_search(evaluator, curves, base_val_metric, trials or 12, deadline)

@@ -461,7 +461,10 @@ def _prepare_static(
     reference = copy.deepcopy(model)
     chosen = _select(model, config, WEIGHT_TYPES, context)
     layers = _wrap(model, config, chosen, "static")
-    calibrate(model, layers, inputs, config.name)
+    from torchslim.device import on_device
+
+    with on_device(model, context.task.device):  # calibration passes on the task's device
+        calibrate(model, layers, inputs, config.name)
     return layers, inputs, reference, folded
 
 
@@ -472,7 +475,10 @@ def _prepare_static(
 def _static_quant(model: nn.Module, config: StaticQuant, context: ApplyContext) -> nn.Module:
     layers, inputs, reference, folded = _prepare_static(model, config, context)
     if config.bias_correction:
-        correct_bias(layers, model, inputs)
+        from torchslim.device import on_device
+
+        with on_device(model, context.task.device):
+            correct_bias(layers, model, inputs)
     table = (
         sqnr_table(reference, model, layers, _sqnr_inputs(inputs, config.sqnr_samples))
         if config.sqnr_samples
