@@ -98,12 +98,17 @@ def model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one (``cuda`` is ``cuda:0``)."""
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 def to_device(batch: Any, device: torch.device | None) -> Any:
     """A tensor, or a tuple / list / dict of them, on ``device`` (others unchanged)."""
     if device is None:
         return batch
     if isinstance(batch, torch.Tensor):
-        if batch.device == device:
+        if same_device(batch.device, device):
             return batch
         return batch.to(device, non_blocking=batch.is_pinned())
     if isinstance(batch, dict):
@@ -127,7 +132,7 @@ def on_device(model: nn.Module | None, device: torch.device) -> Iterator[nn.Modu
     ids = [id(m) for m in model.modules() if id(m) not in ACTIVE]
     ACTIVE.update(dict.fromkeys(ids, device))
     home = model_device(model) or torch.device("cpu")
-    moved = (home.type, home.index or 0) != (device.type, device.index or 0)
+    moved = not same_device(home, device)
     if moved:
         model.to(device)
     try:

@@ -305,7 +305,7 @@ def keep_masks(scores: Sequence[torch.Tensor], sparsity: float) -> list[torch.Te
     """
     flat = torch.cat([s.reshape(-1) for s in scores])
     count = int(sparsity * flat.numel())
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
     if count:
         keep[torch.sort(flat, stable=True).indices[:count]] = False
     masks, offset = [], 0
