@@ -91,6 +91,19 @@ def test_two_workers_share_a_study_and_one_writes_the_answer(storage, tmp_path) 
     origins = [c["origin"] for c in report["candidates"]]
     assert origins and all(o and o["host"] == socket.gethostname() for o in origins)
     assert {o["worker"] for o in origins} <= set(per_worker)
+    # progress from any machine: `torchslim study` counts the same trials per worker
+    status = subprocess.run(
+        [sys.executable, "-m", "torchslim", "study", "--storage", storage, "--study", study]
+        + ["--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["trials_per_worker"] == per_worker
+    assert sum(data["states"].values()) == len(trials)
+    assert 0 < data["best_feasible_ratio"] <= 1
 
 
 def test_sigkilled_worker_loses_nothing(storage, tmp_path) -> None:

@@ -43,6 +43,9 @@ EXAMPLES = {
         "--max-drop is in points: 1.0 = 1 percentage point of accuracy (absolute) or 1% of "
         "the baseline (relative)"
     ),
+    "study": (
+        "example: torchslim study --storage postgresql://user:pw@db-host/studies --study vgg-size"
+    ),
 }
 
 
@@ -217,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--storage", help="sqlite:///study.db or any SQLAlchemy URL")
     optimize.add_argument("--study", help="study name (shared by workers; resumable)")
     optimize.add_argument(
+        "--heartbeat",
+        type=int,
+        help="seconds between a running trial's heartbeats in a stored study (default 10); "
+        "a trial silent for 3 of them (its worker died) is failed and its settings retried",
+    )
+    optimize.add_argument(
         "--recovery-epochs",
         type=int,
         help="recovery epochs after pruning (default: half the task's epochs, at most 20; "
@@ -244,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--no-latency", action="store_true", help="do not time the final model")
     _add_task_options(optimize)
     optimize.set_defaults(handler=cmd_optimize)
+
+    study = command("study", "Progress of a stored optimizer study, from any machine.")
+    study.add_argument("--storage", required=True, help="the workers' --storage URL")
+    study.add_argument("--study", required=True, help="the workers' --study name")
+    study.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    study.set_defaults(handler=cmd_study)
 
     tasks = command("tasks", "List the built-in tasks.")
     tasks.set_defaults(handler=cmd_tasks)
@@ -501,7 +516,14 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         sensitivity_epochs=args.sensitivity_epochs,
         multi_objective=not args.single_objective,
         latency=not args.no_latency,
+        heartbeat=args.heartbeat,
     )
+    if result.answered_by is not None:
+        console.print(
+            f"{result.report.notes[-2]}; the answer (results.json, best.yaml) is written by "
+            f"worker {result.answered_by} into {args.out}"
+        )
+        return 0
     console.print(results_table(result.report))
     out = Path(args.out)
     if result.met:
@@ -512,6 +534,26 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         )
     console.print(
         f"wrote {out / 'results.json'} and {out / 'report.html'} in {result.seconds:.0f}s"
+    )
+    return 0
+
+
+def cmd_study(args: argparse.Namespace, console: Console) -> int:
+    """Print a stored study's trial states and trials per worker."""
+    from torchslim.search.optuna_search import study_status
+
+    status = study_status(args.storage, args.study)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    states = ", ".join(f"{state.lower()} {n}" for state, n in sorted(status["states"].items()))
+    console.print(f"study {args.study!r}: {states or 'no trials'}")
+    for worker, count in status["trials_per_worker"].items():
+        console.print(f"  {worker}: {count} finished trial(s)")
+    best = status["best_feasible_ratio"]
+    console.print(
+        "best cost ratio within the val budget so far: "
+        + (f"{best:.4f} (1/{1 / best:.2f})" if best else "none yet")
     )
     return 0
 

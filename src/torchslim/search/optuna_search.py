@@ -378,6 +378,40 @@ def trials_per_worker(study: optuna.Study) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+def study_status(url: str, name: str) -> dict[str, Any]:
+    """A stored study's progress, read from any machine: trial states, trials per worker,
+    the best size/cost ratio so far among trials within the budget on val.
+
+    Raises:
+        ConfigError: the storage is unreachable or holds no study of that name.
+    """
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as exc:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ConfigError(
+            f"storage {_display_url(url)} holds no study {name!r}; its studies: {names or 'none'}"
+        ) from exc
+    states: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    feasible = [
+        t.values[0]
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "record" in t.user_attrs
+        and t.constraints
+        and all(c <= 0 for c in t.constraints.values())
+    ]
+    return {
+        "study": name,
+        "settings": study.user_attrs.get("torchslim"),
+        "states": states,
+        "trials_per_worker": trials_per_worker(study),
+        "best_feasible_ratio": min(feasible) if feasible else None,
+    }
+
+
 def study_records(study: optuna.Study) -> list[Record]:
     """The records of every completed trial, from every worker (with its worker and host)."""
     records = []
