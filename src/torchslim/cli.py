@@ -435,6 +435,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from torchslim.export.convert import default_output, export_artifact, load_source
 
     model, task = load_source(args.artifact, args.task, args.data_dir)
+    _set_device(task, args)
     out = Path(args.out) if args.out else default_output(args.artifact, args.format)
     if out.resolve() == Path(args.artifact).resolve():
         from torchslim.errors import ConfigError
