@@ -108,7 +108,7 @@ def start_cluster() -> Cluster | str:
             run_as,
             env=env,
         )
-        options = f"-h 127.0.0.1 -p {port} -k {folder} -F -c max_connections=60"
+        options = f"-h 127.0.0.1 -p {port} -k {folder} -F -c max_connections=200"
         _run(
             [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-o", options]
             + ["-w", "-t", "30", "start"],
