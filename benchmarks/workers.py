@@ -65,7 +65,7 @@ def run(task: str, workers: int, url: str, trials: int, extra: list[str]) -> dic
         "workers": workers,
         "seconds": round(seconds, 1),
         "met": report["best"] is not None,
-        "size_ratio": round(1 / best["size_ratio"], 2) if best["size_ratio"] else None,
+        "size_ratio": round(best["size_ratio"], 2),  # baseline bytes / answer bytes
         "test_metric": best["metric"],
         "baseline_metric": report["baseline"]["metric"],
         "trials_per_worker": note,

@@ -57,6 +57,8 @@ def _run(args: list[str], run_as: str | None, **kwargs) -> subprocess.CompletedP
 
         entry = pwd.getpwnam(run_as)
         extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    # the server user may not read the caller's working directory (e.g. /root in CI)
+    kwargs.setdefault("cwd", tempfile.gettempdir())
     return subprocess.run(
         args, check=True, capture_output=True, text=True, timeout=60, **extra, **kwargs
     )
