@@ -551,6 +551,9 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
     console.print(f"study {args.study!r}: {states or 'no trials'}")
     for worker, count in status["trials_per_worker"].items():
         console.print(f"  {worker}: {count} finished trial(s)")
+    console.print(
+        f"  suggestions pruned as duplicates without training: {status['duplicates_pruned']}"
+    )
     best = status["best_feasible_ratio"]
     console.print(
         "best cost ratio within the val budget so far: "

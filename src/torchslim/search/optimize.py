@@ -133,7 +133,10 @@ def optimize(
         trials: greedy verifications / finished Optuna trials in the study (a resumed
             study continues up to this count); default 12 (greedy) or 30 (optuna).
         time_limit: seconds for the search phase.
-        storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL.
+        storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL
+            (``postgresql://``: psycopg 3, the ``postgres`` extra). Many processes with
+            the same storage and study share the trials; with a shared ``out`` one of
+            them writes the answer over all trials (see :attr:`OptimizeResult.answered_by`).
         study: study name (default derived from the task's fingerprint).
         out: folder for results.json, report.html, the best recipe and its artifact.
         recovery_epochs: recovery after pruning (default: half of the task's training
@@ -247,6 +250,7 @@ def optimize(
     else:
         from torchslim.search.optuna_search import (
             claim_answer,
+            duplicates,
             open_study,
             run_study,
             study_records,
@@ -298,6 +302,7 @@ def optimize(
         notes.append(
             f"trials per worker ({len(counts)} worker(s)): "
             + ", ".join(f"{worker} {n}" for worker, n in counts.items())
+            + f"; {duplicates(study_obj)} suggestion(s) pruned as duplicates without training"
         )
         holder = claim_answer(out, study_obj) if (shared and out is not None) else None
         if holder is not None:  # another worker of the study writes the answer into out

@@ -302,7 +302,12 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = None if time_limit is None else time.monotonic() + time_limit
     if trials is not None:
-        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=FINISHED))
+
+        def stop_at_count(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+            if _finished(study) >= trials:
+                study.stop()
+
+        callbacks.append(stop_at_count)
     if trials is None or _finished(study) < trials:
         _optimize(study, objective, callbacks, trials, deadline)
     _drain(study, objective, [stop_on_failures], deadline)
@@ -366,13 +371,24 @@ def _drain(
 
 
 def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Finished trials that count: those pruned as another trial's duplicate do not."""
+    return sum(
+        "same_as" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=FINISHED)
+    )
+
+
+def duplicates(study: optuna.Study) -> int:
+    """Trials pruned without training because another trial had their settings."""
+    return sum("same_as" in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
 def trials_per_worker(study: optuna.Study) -> dict[str, int]:
-    """Finished trials of the study per worker (``host:pid``), most first."""
+    """Finished trials of the study per worker (``host:pid``), most first; duplicates
+    pruned without training are not counted (see :func:`duplicates`)."""
     counts: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False, states=FINISHED):
+        if "same_as" in trial.user_attrs:
+            continue
         worker = trial.user_attrs.get("worker", "unknown")
         counts[worker] = counts.get(worker, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
@@ -408,6 +424,7 @@ def study_status(url: str, name: str) -> dict[str, Any]:
         "settings": study.user_attrs.get("torchslim"),
         "states": states,
         "trials_per_worker": trials_per_worker(study),
+        "duplicates_pruned": duplicates(study),
         "best_feasible_ratio": min(feasible) if feasible else None,
     }
 
