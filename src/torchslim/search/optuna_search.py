@@ -304,11 +304,12 @@ def run_study(
     if trials is not None:
 
         def stop_at_count(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-            if _finished(study) >= trials:
+            # a small space runs out of new settings: stop once duplicates pile up
+            if _finished(study) >= trials or duplicates(study) >= max(10, trials):
                 study.stop()
 
         callbacks.append(stop_at_count)
-    if trials is None or _finished(study) < trials:
+    if trials is None or (_finished(study) < trials and duplicates(study) < max(10, trials)):
         _optimize(study, objective, callbacks, trials, deadline)
     _drain(study, objective, [stop_on_failures], deadline)
 
