@@ -10,7 +10,7 @@ OUT    ?= out
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,hf]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,hf,postgres]"
 	@if $(PY) -m pip list 2>/dev/null | grep -i nvidia; then \
 		echo "error: CUDA packages were installed; torch must be the 2.13.0 CPU build (see constraints.txt)"; \
 		exit 1; fi

@@ -60,3 +60,23 @@ def hf_offline():
     with threads_fixed(1):
         yield
     patcher.undo()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL URL: ``TORCHSLIM_TEST_PG_URL`` or a private cluster started here.
+
+    Skips when no server can be started, except under ``CI`` where it fails."""
+    import os
+
+    from pg_helpers import start_cluster, stop_cluster
+
+    cluster = start_cluster()
+    if isinstance(cluster, str):
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {cluster}")
+        pytest.skip(cluster)
+    try:
+        yield cluster.url
+    finally:
+        stop_cluster(cluster)

@@ -70,34 +70,48 @@ def planted_task() -> ts.Task:
 
 
 def main(argv: list[str]) -> int:
-    """Run one optimizer worker: STORAGE STUDY TRIALS [BARRIER_DIR WORKERS]."""
+    """Run one optimizer worker: STORAGE STUDY TRIALS [--barrier DIR WORKERS] [--out DIR]
+    [--heartbeat SECONDS] [--epochs N] (recovery epochs per trial)."""
+    import argparse
+
     from torchslim.search import optimize
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("storage")
+    parser.add_argument("study")
+    parser.add_argument("trials", type=int)
+    parser.add_argument("--barrier", nargs=2)
+    parser.add_argument("--out")
+    parser.add_argument("--heartbeat", type=int)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    storage, study, trials = argv[0], argv[1], int(argv[2])
-    if len(argv) > 3:  # a barrier folder: start only when every worker is ready
+    if args.barrier:  # a barrier folder: start only when every worker is ready
         import os
         import time
 
-        folder, workers = Path(argv[3]), int(argv[4])
+        folder, workers = Path(args.barrier[0]), int(args.barrier[1])
         folder.mkdir(exist_ok=True)
         (folder / str(os.getpid())).touch()
         deadline = time.monotonic() + 60
         while len(list(folder.iterdir())) < workers and time.monotonic() < deadline:
             time.sleep(0.05)
-    optimize(
+    result = optimize(
         make_task(),
         max_drop=2.0,
         strategy="optuna",
         techniques=["magnitude_pruning"],
-        trials=trials,
-        storage=storage,
-        study=study,
+        trials=args.trials,
+        storage=args.storage,
+        study=args.study,
         seed=None,
-        recovery_epochs=3,
+        recovery_epochs=args.epochs,
+        out=args.out,
+        heartbeat=args.heartbeat,
         progress=False,
         latency=False,
     )
+    print("answered_by", result.answered_by, flush=True)
     return 0
 
 

@@ -48,6 +48,9 @@ EXAMPLES = {
         "--max-drop is in points: 1.0 = 1 percentage point of accuracy (absolute) or 1% of "
         "the baseline (relative)"
     ),
+    "study": (
+        "example: torchslim study --storage postgresql://user:pw@db-host/studies --study vgg-size"
+    ),
 }
 
 
@@ -57,6 +60,15 @@ _HF_OPTIONS = ("model_dir", "texts", "pairs", "data", "seq_len", "batch_sizes")
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="data folder for tasks that read files (e.g. cifar10-vgg)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where training and statistics run: auto (first accelerator, else CPU), "
+        "cpu (default), cuda, cuda:N or mps",
+    )
+    parser.add_argument(
+        "--amp", choices=("bf16", "fp16"), help="mixed-precision training (default: off)"
     )
     hf = parser.add_argument_group("transformer tasks (text-embedding, text-classification)")
     hf.add_argument("--model-dir", help="local Hugging Face / sentence-transformers model folder")
@@ -78,6 +90,18 @@ def _add_trust_option(parser: argparse.ArgumentParser) -> None:
         help="use the task the checkpoint names even when it is a .py file or reads paths "
         "(a file never runs code otherwise)",
     )
+
+
+def _set_device(task: Any, args: argparse.Namespace) -> None:
+    """Apply --device / --amp to the task's train config (checked against what torch sees)."""
+    import dataclasses
+
+    from torchslim.device import check_amp, resolve_device
+
+    device = getattr(args, "device", "cpu")
+    amp = getattr(args, "amp", None)
+    check_amp(amp, resolve_device(device))
+    task.train_config = dataclasses.replace(task.train_config, device=device, amp=amp)
 
 
 def _add_measure_options(parser: argparse.ArgumentParser) -> None:
@@ -213,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--storage", help="sqlite:///study.db or any SQLAlchemy URL")
     optimize.add_argument("--study", help="study name (shared by workers; resumable)")
     optimize.add_argument(
+        "--heartbeat",
+        type=int,
+        help="seconds between a running trial's heartbeats in a stored study (default 10); "
+        "a trial silent for 3 of them (its worker died) is failed and its settings retried",
+    )
+    optimize.add_argument(
         "--recovery-epochs",
         type=int,
         help="recovery epochs after pruning (default: half the task's epochs, at most 20; "
@@ -248,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", help="output file (default: SOURCE with .safetensors)")
     convert.set_defaults(handler=cmd_convert)
 
+    study = command("study", "Progress of a stored optimizer study, from any machine.")
+    study.add_argument("--storage", required=True, help="the workers' --storage URL")
+    study.add_argument("--study", required=True, help="the workers' --study name")
+    study.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    study.set_defaults(handler=cmd_study)
+
     tasks = command("tasks", "List the built-in tasks.")
     tasks.set_defaults(handler=cmd_tasks)
     return parser
@@ -280,6 +316,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from torchslim.measure import checkpoint_io, measure
 
     task = tasks.get(args.task, data_dir=args.data_dir)
+    _set_device(task, args)
     start = time.perf_counter()
     model = task.baseline(retrain=args.retrain)
     seconds = time.perf_counter() - start
@@ -319,6 +356,7 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
         _, spec = read_checkpoint(target)
         where = f"checkpoint {target}"
         task = resolve_task(spec, args.task, where, trust=args.trust_task, data_dir=args.data_dir)
+        _set_device(task, args)
         from torchslim.reload import load
 
         # rebuilt from the file plus the original model (the task's, or the file's built-in
@@ -328,6 +366,7 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
         name, io = target.name, existing_file_io(target, model)
     else:
         task = tasks.get(args.target, data_dir=args.data_dir)
+        _set_device(task, args)
         model = task.baseline()
         name, io = task.name, None
     footprint = measure(model, task, io=io, **_measure_kwargs(args))
@@ -371,6 +410,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     from torchslim.analyze import analysis_tables, analyze
 
     task = tasks.get(args.task, data_dir=args.data_dir)
+    _set_device(task, args)
     analysis = analyze(task)
     if args.json:
         print(json.dumps({"task": task.name, **analysis.to_dict()}, indent=2))
@@ -399,6 +439,7 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
         data_dir=args.data_dir,
         option="{} as TASK",
     )
+    _set_device(task, args)
     out = Path(args.out)
     run = run_recipe(
         recipe,
@@ -444,6 +485,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     model, task = load_source(
         args.artifact, args.task, args.data_dir, args.trust_task, fmt=args.format
     )
+    _set_device(task, args)
     result = export_artifact(model, task, args.format, out, bits=args.bits, mode=args.mode)
     table = Table(title=f"exported {args.artifact}", title_justify="left")
     for column in ("format", "artifact", "bytes", f"{task.metric_name} (source)", task.metric_name):
@@ -512,6 +554,7 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         print(f"torchslim: warning: {small_budget}", file=sys.stderr)
         warnings.filterwarnings("ignore", message=re.escape(small_budget))
     task = tasks.get(args.task, data_dir=args.data_dir)
+    _set_device(task, args)
     result = optimize(
         task,
         args.max_drop,
@@ -533,7 +576,14 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         sensitivity_epochs=args.sensitivity_epochs,
         multi_objective=not args.single_objective,
         latency=not args.no_latency,
+        heartbeat=args.heartbeat,
     )
+    if result.answered_by is not None:
+        console.print(
+            f"{result.report.notes[-2]}; the answer (results.json, best.yaml) is written by "
+            f"worker {result.answered_by} into {args.out}"
+        )
+        return 0
     console.print(results_table(result.report))
     out = Path(args.out)
     if result.met:
@@ -544,6 +594,29 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         )
     console.print(
         f"wrote {out / 'results.json'} and {out / 'report.html'} in {result.seconds:.0f}s"
+    )
+    return 0
+
+
+def cmd_study(args: argparse.Namespace, console: Console) -> int:
+    """Print a stored study's trial states and trials per worker."""
+    from torchslim.search.optuna_search import study_status
+
+    status = study_status(args.storage, args.study)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    states = ", ".join(f"{state.lower()} {n}" for state, n in sorted(status["states"].items()))
+    console.print(f"study {args.study!r}: {states or 'no trials'}")
+    for worker, count in status["trials_per_worker"].items():
+        console.print(f"  {worker}: {count} finished trial(s)")
+    console.print(
+        f"  suggestions pruned as duplicates without training: {status['duplicates_pruned']}"
+    )
+    best = status["best_feasible_ratio"]
+    console.print(
+        "best cost ratio within the val budget so far: "
+        + (f"{best:.4f} (1/{1 / best:.2f})" if best else "none yet")
     )
     return 0
 

@@ -27,10 +27,12 @@ class Metric(Protocol):
 
 
 def _batches(model: nn.Module, loader: DataLoader):
+    from torchslim.device import model_device, to_device
     from torchslim.task import call_model, split_batch
 
+    device = model_device(model)
     for batch in loader:
-        inputs, target = split_batch(batch)
+        inputs, target = split_batch(to_device(batch, device))
         yield inputs, target, call_model(model, inputs)
 
 
@@ -73,16 +75,19 @@ class CosineFidelity:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, loader: DataLoader) -> float:
+        from torchslim.device import model_device, on_device
         from torchslim.task import call_model
 
         total, count = 0.0, 0
-        for inputs, _, outputs in _batches(model, loader):
-            expected = call_model(self.reference, inputs)
-            sims = F.cosine_similarity(
-                outputs.flatten(1).float(), expected.flatten(1).float(), dim=1, eps=1e-12
-            )
-            total += float(sims.sum())
-            count += sims.numel()
+        device = model_device(model) or torch.device("cpu")
+        with on_device(self.reference, device):  # the reference runs where the model does
+            for inputs, _, outputs in _batches(model, loader):
+                expected = call_model(self.reference, inputs)
+                sims = F.cosine_similarity(
+                    outputs.flatten(1).float(), expected.flatten(1).float(), dim=1, eps=1e-12
+                )
+                total += float(sims.sum())
+                count += sims.numel()
         if count == 0:
             raise ConfigError("cosine fidelity was asked of an empty data split")
         return total / count

@@ -90,7 +90,10 @@ class TrainConfig:
     ``epochs=0`` means the model is used as given (already trained). ``threads`` fixes
     torch's intra-op threads while training: float reductions depend on the thread
     count, so a fixed count makes a seed reproduce the same weights on any machine
-    (None keeps the current setting).
+    (None keeps the current setting). ``device`` is where every training and statistics
+    pass runs (``auto``: the first accelerator torch sees, else the CPU; ``cpu``,
+    ``cuda``, ``cuda:N``, ``mps``); ``amp`` (``bf16`` / ``fp16``) trains in mixed
+    precision. Neither is part of the baseline's fingerprint unless ``amp`` is set.
     """
 
     optimizer: str = "adam"
@@ -102,8 +105,15 @@ class TrainConfig:
     schedule: str = "cosine"
     eval_batch_size: int = 256
     threads: int | None = None
+    device: str = "cpu"
+    amp: str | None = None
 
     def __post_init__(self) -> None:
+        from torchslim.device import AMP, check_device_name
+
+        check_device_name(self.device)
+        if self.amp is not None and self.amp not in AMP:
+            raise ConfigError(f"amp {self.amp!r} is unknown; use one of {AMP} or leave it off")
         if self.optimizer not in _OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown; use one of {_OPTIMIZERS}")
         if self.schedule not in _SCHEDULES:
@@ -144,7 +154,10 @@ def split_batch(batch: Batch) -> tuple[Any, Any]:
 
 
 def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """Call ``model`` on tensor, tuple or dict inputs."""
+    """Call ``model`` on tensor, tuple or dict inputs (moved to the model's device)."""
+    from torchslim.device import model_device, to_device
+
+    inputs = to_device(inputs, model_device(model))
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -339,9 +352,19 @@ class Task:
 
     # --------------------------------------------------------------- metrics
 
+    @property
+    def device(self) -> torch.device:
+        """The torch device of ``train_config.device`` (ConfigError when torch lacks it)."""
+        from torchslim.device import resolve_device
+
+        return resolve_device(self.train_config.device)
+
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
-        """The task's metric of ``model`` on one split (model left in its original mode)."""
-        with eval_mode(model), torch.no_grad():
+        """The task's metric of ``model`` on one split (model left in its original mode),
+        computed on the task's device."""
+        from torchslim.device import on_device
+
+        with on_device(model, self.device), eval_mode(model), torch.no_grad():
             return float(self._metric(model, self.loader(split)))
 
     # -------------------------------------------------------------- training
@@ -378,7 +401,15 @@ class Task:
         if epochs < 0 or not (lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"fit needs epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
         threads = config.threads or torch.get_num_threads()
-        with torch.random.fork_rng(devices=[]), threads_fixed(threads):  # seeded, RNG restored
+        from torchslim.device import check_amp, on_device
+
+        device = self.device
+        check_amp(config.amp, device)
+        with (
+            torch.random.fork_rng(devices=[]),  # seeded, RNG restored
+            threads_fixed(threads),
+            on_device(model, device),
+        ):
             torch.manual_seed(config.seed)
             return self._fit(model, epochs, lr, objective, after_step, progress, description)
 
@@ -392,8 +423,12 @@ class Task:
         progress: bool,
         description: str,
     ) -> TrainResult:
+        from torchslim.device import autocast, model_device, to_device
+
         config = self.train_config
+        device = model_device(model) or torch.device("cpu")
         loader = self.loader("train", shuffle=True)
+        scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = _make_optimizer(config.optimizer, params, lr, config.weight_decay)
         total_steps = max(1, epochs * len(loader))
@@ -411,11 +446,14 @@ class Task:
             for epoch in range(epochs):
                 running, count = 0.0, 0
                 for batch_index, batch in enumerate(loader):
-                    if objective is not None:
-                        loss = objective(model, batch)
-                    else:
-                        inputs, target = split_batch(batch)
-                        loss = self.loss(call_model(model, inputs), target)
+                    batch = to_device(batch, device)  # the one place batches move
+                    with autocast(device, config.amp):
+                        if objective is not None:
+                            loss = objective(model, batch)
+                        else:
+                            inputs, target = split_batch(batch)
+                            loss = self.loss(call_model(model, inputs), target)
+                    loss = loss.float()
                     if not torch.isfinite(loss):
                         model.eval()
                         raise TrainingError(
@@ -424,8 +462,9 @@ class Task:
                             f"rate (now {lr:g}) or check the data for NaN/inf values"
                         )
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                     if scheduler is not None:
                         scheduler.step()
                     step += 1
@@ -462,7 +501,7 @@ class Task:
             "name": self.name,
             "model": model_id,
             "arch": self.arch,
-            "train_config": asdict(self.train_config),
+            "train_config": _config_key(self.train_config),
             "loss": getattr(self.loss, "__qualname__", repr(self.loss)),
             "train": _hash_dataset(self.train),
             "val": _hash_dataset(self.val),
@@ -507,6 +546,16 @@ class Task:
         """The cached baseline's spec (train seconds, steps), or {} if it is not cached."""
         path = self.cache_path()
         return read_spec(path) if path.exists() else {}
+
+
+def _config_key(config: TrainConfig) -> dict[str, Any]:
+    """The train config as fingerprinted: the device is left out (a baseline trained on a
+    GPU is the same baseline), and ``amp`` only when it is set."""
+    data = asdict(config)
+    data.pop("device", None)
+    if data.get("amp") is None:
+        data.pop("amp", None)
+    return data
 
 
 def _make_optimizer(

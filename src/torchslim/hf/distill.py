@@ -53,7 +53,7 @@ def embedding_distill_loss(
             f"{tuple(teacher.shape)} differ; distill between models with the same outputs"
         )
     s, t = student.flatten(1).float(), teacher.detach().flatten(1).float()
-    loss = torch.zeros((), dtype=s.dtype)
+    loss = torch.zeros((), dtype=s.dtype, device=s.device)
     if cosine_weight:
         loss = loss + cosine_weight * (1 - F.cosine_similarity(s, t, dim=1)).mean()
     if mse_weight:
@@ -88,7 +88,8 @@ class _LayerOutputs:
 
 def _hidden_loss(student: _LayerOutputs, teacher: _LayerOutputs, inputs: Any) -> torch.Tensor:
     mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    total = torch.zeros(())
+    found = [o for o in student.outputs if o is not None]
+    total = torch.zeros((), device=found[0].device if found else None)
     pairs = list(zip(student.outputs, student.teacher_indices(), strict=True))
     for s_out, t_index in pairs:
         t_out = teacher.outputs[t_index]
@@ -184,14 +185,17 @@ def distill_encoder(
                 value = value + hidden_weight * _hidden_loss(s_layers, t_layers, inputs)
             return value
 
-        return task.fit(
-            student,
-            epochs=epochs,
-            lr=lr,
-            objective=objective,
-            progress=progress,
-            description="distill",
-        )
+        from torchslim.device import on_device
+
+        with on_device(teacher, task.device):  # teacher and student on the task's device
+            return task.fit(
+                student,
+                epochs=epochs,
+                lr=lr,
+                objective=objective,
+                progress=progress,
+                description="distill",
+            )
     finally:
         for capture in (s_layers, t_layers):
             if capture is not None:

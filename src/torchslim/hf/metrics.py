@@ -31,7 +31,7 @@ def embed(model: nn.Module, loader: DataLoader) -> torch.Tensor:
         chunks = []
         for batch in loader:
             inputs, _ = split_batch(batch)
-            chunks.append(call_model(model, inputs).float().flatten(1))
+            chunks.append(call_model(model, inputs).float().flatten(1).cpu())
     finally:
         model.train(was_training)
     if not chunks:

@@ -197,7 +197,7 @@ class ScaledLinear(nn.Linear):
 
 @torch.no_grad()
 def input_maxima(
-    model: nn.Module, names: list[str], batches: list[Any]
+    model: nn.Module, names: list[str], batches: list[Any], device: torch.device | None = None
 ) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
     """Per-input-channel ``max |x|`` of the named Linear layers over ``batches``, and the
     groups of layers that read the same input tensor (e.g. query / key / value).
@@ -208,6 +208,7 @@ def input_maxima(
     shape), and grouping by address tied unrelated layers (on MiniLM it changed the scales
     from run to run).
     """
+    from torchslim.device import on_device
     from torchslim.task import call_model, split_batch
 
     maxima: dict[str, torch.Tensor] = {}
@@ -228,19 +229,20 @@ def input_maxima(
     model.eval()
     groups: dict[int, list[str]] = {}
     try:
-        for batch in batches[:1]:
-            call_model(model, split_batch(batch)[0])
-        for name in names:
-            if name in probe:  # all held: ids are distinct unless the object is one
-                groups.setdefault(id(probe[name]), []).append(name)
-        probe = None
-        for batch in batches:
-            call_model(model, split_batch(batch)[0])
+        with on_device(model, device or torch.device("cpu")):  # statistics on the device
+            for batch in batches[:1]:
+                call_model(model, split_batch(batch)[0])
+            for name in names:
+                if name in probe:  # all held: ids are distinct unless the object is one
+                    groups.setdefault(id(probe[name]), []).append(name)
+            probe = None
+            for batch in batches:
+                call_model(model, split_batch(batch)[0])
     finally:
         for handle in hooks:
             handle.remove()
         model.train(was_training)
-    return maxima, list(groups.values())
+    return {k: v.cpu() for k, v in maxima.items()}, list(groups.values())
 
 
 def _value_out_pairs(model: nn.Module, names: set[str]) -> dict[str, str]:
@@ -267,8 +269,10 @@ def smooth_linears(
     alpha: float = 0.7,
     scope: Scope | None = None,
     inplace: bool = False,
+    device: torch.device | None = None,
 ) -> nn.Module:
-    """SmoothQuant: move activation outliers into the weights (exact in float; see above).
+    """SmoothQuant: move activation outliers into the weights (exact in float; see above);
+    the calibration passes run on ``device`` (default: the CPU).
 
     Every chosen Linear becomes a :class:`ScaledLinear` -- except an attention output
     projection, whose scale is folded into its value projection's rows and bias.
@@ -281,7 +285,7 @@ def smooth_linears(
     chosen = dict(_selected(target, (nn.Linear,), scope or Scope()))
     if not chosen:
         raise UnsupportedError("SmoothQuant found no nn.Linear layer in the model")
-    maxima, groups = input_maxima(target, list(chosen), batches)
+    maxima, groups = input_maxima(target, list(chosen), batches, device)
     if len(maxima) != len(chosen):
         missing = sorted(set(chosen) - set(maxima))[:3]
         raise ConfigError(f"calibration never reached Linear layer(s) {missing}; check the data")
@@ -637,7 +641,9 @@ def _linear_int8(model: nn.Module, config: LinearInt8, context: ApplyContext) ->
         batches = calibration_batches(
             context.task, config.calibration_batches, "linear_int8.smooth"
         )
-        model = smooth_linears(model, batches, config.smooth, config.scope, inplace=True)
+        model = smooth_linears(
+            model, batches, config.smooth, config.scope, inplace=True, device=context.task.device
+        )
     model = quantize_linears(model, config.act, config.scope, inplace=True, qmax=config.weight_qmax)
     count = sum(isinstance(m, Int8Linear) for m in model.modules())
     context.notes.setdefault("quantization", {}).update(

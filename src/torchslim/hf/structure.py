@@ -279,12 +279,22 @@ def magnitude_scores(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.T
     return heads, ffn
 
 
+def enc_device(layers: list[EncoderLayer]) -> torch.device:
+    """The device of the encoder layers' weights (where importance passes run)."""
+    return layers[0].linear("out").weight.device if layers else torch.device("cpu")
+
+
 class _Gates:
     """Gates of ones on every head and FFN neuron (pre-hooks on the output projections)."""
 
     def __init__(self, layers: list[EncoderLayer]) -> None:
-        self.heads = [torch.ones(enc.num_heads, requires_grad=True) for enc in layers]
-        self.ffn = [torch.ones(enc.intermediate, requires_grad=True) for enc in layers]
+        device = enc_device(layers)
+        self.heads = [
+            torch.ones(enc.num_heads, device=device, requires_grad=True) for enc in layers
+        ]
+        self.ffn = [
+            torch.ones(enc.intermediate, device=device, requires_grad=True) for enc in layers
+        ]
         self.handles = []
         for enc, head_gate, ffn_gate in zip(layers, self.heads, self.ffn, strict=True):
             size = enc.head_size
@@ -332,8 +342,9 @@ def taylor_scores(
     layers = encoder_layers(model)
     gates = _Gates(layers)
     generator = torch.Generator().manual_seed(seed)
-    head_scores = [torch.zeros(enc.num_heads) for enc in layers]
-    ffn_scores = [torch.zeros(enc.intermediate) for enc in layers]
+    device = enc_device(layers)
+    head_scores = [torch.zeros(enc.num_heads, device=device) for enc in layers]
+    ffn_scores = [torch.zeros(enc.intermediate, device=device) for enc in layers]
     count = 0
     try:
         with eval_mode(model):
@@ -343,9 +354,12 @@ def taylor_scores(
                 if not isinstance(outputs, torch.Tensor):
                     outputs = outputs[0]
                 if target is not None and loss_fn is not None and not target.is_floating_point():
-                    loss = loss_fn(outputs, target)  # class labels: the task's own loss
+                    loss = loss_fn(
+                        outputs, target.to(outputs.device)
+                    )  # class labels: the task's own loss
                 else:
-                    r = torch.randn(outputs.shape, generator=generator).to(outputs.dtype)
+                    r = torch.randn(outputs.shape, generator=generator)  # same on any device
+                    r = r.to(outputs.device, outputs.dtype)
                     loss = (outputs * r).sum()
                 grads = torch.autograd.grad(loss, [*gates.heads, *gates.ffn], allow_unused=True)
                 for i, grad in enumerate(grads[: len(layers)]):
@@ -375,15 +389,16 @@ def activation_scores(
     from torchslim.task import call_model, eval_mode, split_batch
 
     layers = encoder_layers(model)
-    head_scores = [torch.zeros(enc.num_heads) for enc in layers]
-    ffn_scores = [torch.zeros(enc.intermediate) for enc in layers]
+    device = enc_device(layers)
+    head_scores = [torch.zeros(enc.num_heads, device=device) for enc in layers]
+    ffn_scores = [torch.zeros(enc.intermediate, device=device) for enc in layers]
     state: dict[str, Any] = {"mask": None, "tokens": 0.0}
 
     def weights(x: torch.Tensor) -> torch.Tensor:
         mask = state["mask"]
         if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
-            return mask.to(x.dtype)
-        return torch.ones(x.shape[:-1], dtype=x.dtype)
+            return mask.to(x.device, x.dtype)
+        return torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
 
     def head_hook(index: int, enc: EncoderLayer):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -599,10 +614,15 @@ def _scores(model: nn.Module, config: _EncoderPruning, context: ApplyContext):
     batches = calibration_batches(
         task, config.calibration_batches, f"{config.importance} importance"
     )
-    if config.importance == "activation":
-        return activation_scores(model, batches)
+    from torchslim.device import on_device
+
     seed = getattr(getattr(task, "train_config", None), "seed", 0)
-    return taylor_scores(model, batches, getattr(task, "loss", None), seed=seed)
+    with on_device(model, task.device):  # importance passes on the task's device
+        if config.importance == "activation":
+            heads, ffn = activation_scores(model, batches)
+        else:
+            heads, ffn = taylor_scores(model, batches, getattr(task, "loss", None), seed=seed)
+    return [h.cpu() for h in heads], [f.cpu() for f in ffn]
 
 
 def plan_heads(

@@ -48,6 +48,8 @@ class Candidate:
         deployed_reference: the fp32 model measured on the deployed artifact's runtime,
             so that its speedup compares like with like.
         layers: per-layer details for charts, e.g. ``{"fc1": {"sparsity": 0.8, "bits": 4}}``.
+        origin: which study worker made it (``{"worker": "host:pid", "host", "trial"}``)
+            when it comes from a shared Optuna study, else None.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Candidate:
     deployed: Footprint | None = None
     deployed_reference: Footprint | None = None
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    origin: dict[str, Any] | None = None
 
     def deployed_gap(self) -> float | None:
         """Simulated metric minus the deployed artifact's (metric units; None if not deployed).
@@ -107,6 +110,7 @@ class Candidate:
                 "deployed_speedup": self.deployed_speedup() or None,
                 "deployed_gap": self.deployed_gap(),
                 "layers": self.layers,
+                "origin": self.origin,
             }
         )
         return data
@@ -127,6 +131,7 @@ class Candidate:
             deployed=Footprint.from_dict(deployed) if deployed else None,
             deployed_reference=Footprint.from_dict(reference) if reference else None,
             layers=data.get("layers", {}),
+            origin=data.get("origin"),
         )
 
 

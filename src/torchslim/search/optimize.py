@@ -56,6 +56,8 @@ class OptimizeResult:
         pareto: names of the candidates on the front.
         curves: the sensitivity curves.
         seconds: wall time of the whole run.
+        answered_by: for a worker of a shared study whose answer another worker writes
+            into the shared ``out`` folder: that worker (``host:pid``); else None.
     """
 
     report: Report
@@ -67,6 +69,7 @@ class OptimizeResult:
     pareto: list[str] = field(default_factory=list)
     curves: Curves = field(default_factory=dict)
     seconds: float = 0.0
+    answered_by: str | None = None
 
 
 def _check_limits(trials: int | None, time_limit: float | None, strategy: str) -> None:
@@ -109,6 +112,7 @@ def optimize(
     threads: int = 1,
     progress: bool = True,
     latency: bool = True,
+    heartbeat: int | None = None,
 ) -> OptimizeResult:
     """Find the most compressed model of ``task`` whose metric drop stays within budget.
 
@@ -131,7 +135,10 @@ def optimize(
         trials: greedy verifications / finished Optuna trials in the study (a resumed
             study continues up to this count); default 12 (greedy) or 30 (optuna).
         time_limit: seconds for the search phase.
-        storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL.
+        storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL
+            (``postgresql://``: psycopg 3, the ``postgres`` extra). Many processes with
+            the same storage and study share the trials; with a shared ``out`` one of
+            them writes the answer over all trials (see :attr:`OptimizeResult.answered_by`).
         study: study name (default derived from the task's fingerprint).
         out: folder for results.json, report.html, the best recipe and its artifact.
         recovery_epochs: recovery after pruning (default: half of the task's training
@@ -155,6 +162,8 @@ def optimize(
         threads: intra-op threads while timing.
         progress: show progress bars.
         latency: time the final candidate against the baseline (always for latency).
+        heartbeat: seconds between a running trial's heartbeats in a stored study
+            (default 10); a trial silent for three of them is failed and retried.
     """
     start = time.monotonic()
     budget = Budget(max_drop, drop_type)
@@ -172,7 +181,9 @@ def optimize(
     if strategy == "optuna":
         from torchslim.search.optuna_search import open_storage
 
-        storage_obj = open_storage(storage)  # fail fast, before training anything
+        storage_obj = open_storage(  # fail fast, before training anything
+            storage, **({} if heartbeat is None else {"heartbeat": heartbeat})
+        )
     knobs = tuple(techniques) if techniques else default_knobs(goal.kind, goal.runtime)
     if not knobs:
         raise ConfigError("the list of techniques is empty; name at least one")
@@ -235,20 +246,40 @@ def optimize(
         f"{rounds} epoch(s); sensitivity measured after {probe} recovery epoch(s)",
         f"val margin: candidates must stay within {1 - margin:.0%} of the budget on val",
         "the search saw the val split only; candidates are reported with their test metric",
+        f"training and statistics on {task.device}"
+        + (f" ({task.train_config.amp} mixed precision)" if task.train_config.amp else "")
+        + "; artifacts saved from CPU tensors",
     ]
     if small_budget:
         notes.append(f"warning: {small_budget}")
     if strategy == "greedy":
         records = greedy_search(evaluator, curves, base_val_metric, trials or 12, deadline)
     else:
-        from torchslim.search.optuna_search import open_study, run_study, study_records
+        from torchslim.search.optuna_search import (
+            claim_answer,
+            duplicates,
+            open_study,
+            run_study,
+            study_records,
+            trials_per_worker,
+        )
 
         shared = storage is not None
+        settings = {
+            "objective": goal.to_dict(),
+            "budget": budget.to_dict(),
+            "knobs": list(knobs),
+            "ranges": {k: list(map(float, v)) for k, v in sorted((ranges or {}).items())},
+            "recovery": f"{recovery} {rounds} epoch(s), lr {recovery_lr}",
+            "codebook_epochs": codebook,
+            "sensitivity_epochs": probe,
+            "margin": margin,
+        }
         study_obj = open_study(
             storage_obj,
             study,
             task.fingerprint(),
-            {"objective": goal.to_dict(), "budget": budget.to_dict(), "knobs": list(knobs)},
+            settings,
             multi_objective,
             seed=(seed + _pid()) if (seed is not None and shared) else seed,
             evaluator=evaluator,
@@ -274,6 +305,34 @@ def optimize(
         run_study(study_obj, evaluator, trials or 30, remaining, seeds, multi_objective)
         records = study_records(study_obj)
         notes.append(f"study {study_obj.study_name!r}: {len(study_obj.trials)} trial(s) in storage")
+        counts = trials_per_worker(study_obj)
+        notes.append(
+            f"trials per worker ({len(counts)} worker(s)): "
+            + ", ".join(f"{worker} {n}" for worker, n in counts.items())
+            + f"; {duplicates(study_obj)} suggestion(s) pruned as duplicates without training"
+        )
+        holder = claim_answer(out, study_obj) if (shared and out is not None) else None
+        if holder is not None:  # another worker of the study writes the answer into out
+            evaluator.close()
+            return OptimizeResult(
+                report=Report(
+                    task=task.name,
+                    metric_name=task.metric_name,
+                    baseline=evaluator.base_val,
+                    candidates=[],
+                    budget=budget.to_dict(),
+                    sensitivity=curves,
+                    notes=[*notes, f"the answer is written by worker {holder} into {out}"],
+                ),
+                best=None,
+                best_found=None,
+                met=False,
+                recipe=None,
+                records=records,
+                curves=curves,
+                seconds=time.monotonic() - start,
+                answered_by=holder,
+            )
     timed = latency or goal.needs_latency
     return _finish(task, base, evaluator, budget, records, curves, notes, out, start, timed)
 
@@ -387,6 +446,7 @@ def _finish(
         elif chosen is not None and not met:
             notes.append("the re-run of the chosen recipe missed the budget on test; not accepted")
         baseline_fp = final_run.baseline_footprint
+        final_run.candidate.origin = found.candidate.origin
     else:
         recipe, met = None, False
         from torchslim.measure import measure

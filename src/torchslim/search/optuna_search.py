@@ -42,11 +42,33 @@ def _display_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
+HEARTBEAT = 10
+"""Seconds between a running trial's heartbeats (a thread beats while the trial trains, so
+the interval does not depend on trial length); a trial whose last beat is older than
+:data:`GRACE_BEATS` intervals is failed as dead and its settings are queued again."""
+GRACE_BEATS = 3
+
+
+def _driver_hint(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.startswith("postgres"):
+        return (
+            "the PostgreSQL driver psycopg is not installed; install it with "
+            "pip install 'torchslim[postgres]'"
+        )
+    return f"no database driver for {scheme!r} URLs is installed; install the SQLAlchemy driver"
+
+
+def open_storage(url: str | None, heartbeat: int = HEARTBEAT) -> optuna.storages.BaseStorage:
     """In-memory storage for None, else an RDB storage for a SQLAlchemy URL.
 
+    Running trials beat every ``heartbeat`` seconds; one silent for ``3 * heartbeat``
+    seconds (its worker was killed) is failed and its settings are queued to run again.
+    ``postgresql://`` URLs use psycopg 3 (the ``postgres`` extra).
+
     Raises:
-        ConfigError: the URL is malformed or the database cannot be reached (named).
+        ConfigError: the URL is malformed, its driver is missing, or the database cannot be
+            reached or refuses the login (named, with the password hidden).
     """
     if url is None:
         return optuna.storages.InMemoryStorage()
@@ -55,29 +77,53 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
             f"storage {url!r} is not a database URL; use e.g. sqlite:///study.db or "
             "postgresql://user:password@host/db"
         )
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
+        raise ConfigError(f"heartbeat must be a whole number of seconds >= 1, got {heartbeat!r}")
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        # SQLAlchemy's bare postgresql:// means psycopg2; torchslim's extra ships psycopg 3
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
     error: Exception | None = None
     for attempt in range(3):  # workers creating one new database race on its schema
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
                 return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=GRACE_BEATS * heartbeat,
+                    heartbeat_stale_trial_callback=(
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                    ),
                 )
+        except ImportError as exc:
+            raise ConfigError(f"storage {_display_url(url)}: {_driver_hint(url)}") from exc
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types
             error = exc
-            if "unable to open" in str(exc) or isinstance(exc, ImportError):
+            text = str(exc)
+            if (
+                "unable to open" in text
+                or "password authentication failed" in text
+                or "does not exist" in text
+                or "Connection refused" in text
+            ):
                 break
             time.sleep(0.5 + attempt)
     text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = next((line for line in lines if "FATAL" in line), lines[0] if lines else "")
+    first = first.split("(Background on this error")[0].strip() or type(error).__name__
     raise ConfigError(
         f"storage {_display_url(url)} is unreachable ({type(error).__name__}: {first[:200]}); "
-        "check the URL, the database server and its driver"
+        "check the URL, the password, the database server and that it accepts connections"
     ) from error
 
 
@@ -134,12 +180,27 @@ def open_study(
             f"{found['task_fingerprint'][:12]}, this task {fingerprint[:12]}); use another "
             "--study name"
         )
-    elif found.get("objective") != objective or found.get("multi_objective") != multi:
+    elif found.get("multi_objective") != multi:
         raise ConfigError(
-            f"study {name!r} optimizes {found.get('objective')} (multi-objective: "
-            f"{found.get('multi_objective')}); use another --study name for {objective}"
+            f"study {name!r} was created with multi-objective {found.get('multi_objective')}, "
+            f"this run asks {multi}; use the same settings or another --study name"
+        )
+    elif found.get("objective") != objective:
+        stored = found.get("objective") or {}
+        keys = sorted(k for k in set(stored) | set(objective) if stored.get(k) != objective.get(k))
+        key = keys[0] if keys else "objective"
+        raise ConfigError(
+            f"study {name!r} was created with other settings ({key}: study "
+            f"{_short(stored.get(key))}, this run {_short(objective.get(key))}"
+            f"{'; also ' + ', '.join(keys[1:]) if len(keys) > 1 else ''}); use the study's "
+            "settings or another --study name"
         )
     return study
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def suggest(trial: optuna.Trial, evaluator: Evaluator) -> Allocation:
@@ -166,6 +227,23 @@ def levels_of(allocation: Allocation, evaluator: Evaluator) -> dict[str, int]:
     }
 
 
+def worker_id() -> dict[str, str]:
+    """This process as a study worker: its host and ``host:pid``."""
+    host = socket.gethostname()
+    return {"host": host, "worker": f"{host}:{os.getpid()}"}
+
+
+def _same_settings(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """Another trial of the study with this trial's settings that was or is being evaluated."""
+    params = trial.params
+    states = (*FINISHED, optuna.trial.TrialState.RUNNING)
+    for other in study.get_trials(deepcopy=False, states=states):
+        if other.number != trial.number and "same_as" not in other.user_attrs:
+            if other.params == params:
+                return other
+    return None
+
+
 def run_study(
     study: optuna.Study,
     evaluator: Evaluator,
@@ -174,16 +252,30 @@ def run_study(
     seeds: list[Allocation] | None = None,
     multi: bool = True,
 ) -> None:
-    """Run trials until the study holds ``trials`` finished ones or ``time_limit`` passes."""
+    """Run trials until the study holds ``trials`` finished ones or ``time_limit`` passes.
+
+    Many workers share the work: the greedy allocations (``seeds``) are queued once and
+    each is popped by one worker; the sampler's suggestions see the other workers' running
+    trials (TPE's constant liar), and a suggestion whose settings another trial already
+    evaluated, or is evaluating, is pruned at once without training (``same_as``). When
+    the count is reached, the worker waits for the other workers' running trials; a dead
+    worker's trial is failed after the heartbeat grace period and its settings are run
+    again here, so nothing is left RUNNING.
+    """
     if seeds and not study.trials:
         for allocation in seeds:
             study.enqueue_trial(levels_of(allocation, evaluator), skip_if_exists=True)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    me = worker_id()
     hook = evaluator.early_stop_hook()
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
-        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("worker", me["worker"])
+        trial.set_user_attr("host", me["host"])
         allocation = suggest(trial, evaluator)
+        other = _same_settings(study, trial)
+        if other is not None:
+            trial.set_user_attr("same_as", other.number)
+            raise optuna.TrialPruned(f"same settings as trial {other.number}")
         if not evaluator.recipe(allocation, "probe").steps:
             trial.set_constraint("drop", -evaluator.search_limit)
             return (1.0, 0.0) if multi else 1.0
@@ -207,18 +299,37 @@ def run_study(
             study.stop()
 
     callbacks: list[Any] = [stop_on_failures]
-    if trials is not None:
-        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=FINISHED))
-        if _finished(study) >= trials:
-            return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = None if time_limit is None else time.monotonic() + time_limit
+    if trials is not None:
+
+        def stop_at_count(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+            # a small space runs out of new settings: stop once duplicates pile up
+            if _finished(study) >= trials or duplicates(study) >= max(10, trials):
+                study.stop()
+
+        callbacks.append(stop_at_count)
+    if trials is None or (_finished(study) < trials and duplicates(study) < max(10, trials)):
+        _optimize(study, objective, callbacks, trials, deadline)
+    _drain(study, objective, [stop_on_failures], deadline)
+
+
+def _optimize(
+    study: optuna.Study,
+    objective: Any,
+    callbacks: list[Any],
+    trials: int | None,
+    deadline: float | None,
+    n_trials: int | None = None,
+) -> None:
     while True:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             study.optimize(
                 objective,
-                n_trials=None if time_limit is not None or trials is not None else 20,
+                n_trials=n_trials
+                if n_trials is not None
+                else (None if deadline is not None or trials is not None else 20),
                 timeout=remaining,
                 callbacks=callbacks,
                 catch=(TorchslimError,),
@@ -232,26 +343,133 @@ def run_study(
             if "Cannot tell a" not in str(exc):
                 raise
             log.warning("a trial was finished by another worker (%s); continuing", exc)
+            if n_trials is not None:
+                return
             if trials is not None and _finished(study) >= trials:
                 return
-            if trials is None and time_limit is None:
+            if trials is None and deadline is None:
                 return
+
+
+def _drain(
+    study: optuna.Study, objective: Any, callbacks: list[Any], deadline: float | None
+) -> None:
+    """Run queued (retried) trials and wait until no trial of the study is RUNNING."""
+    waiting_states = (optuna.trial.TrialState.WAITING,)
+    running_states = (optuna.trial.TrialState.RUNNING,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        while deadline is None or time.monotonic() < deadline:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL + retry
+            if study.get_trials(deepcopy=False, states=waiting_states):
+                _optimize(study, objective, callbacks, None, deadline, n_trials=1)
+                continue
+            running = study.get_trials(deepcopy=False, states=running_states)
+            if not running:
+                return
+            log.info("waiting for %d running trial(s) of other workers", len(running))
+            time.sleep(0.5)
 
 
 def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Finished trials that count: those pruned as another trial's duplicate do not."""
+    return sum(
+        "same_as" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=FINISHED)
+    )
+
+
+def duplicates(study: optuna.Study) -> int:
+    """Trials pruned without training because another trial had their settings."""
+    return sum("same_as" in t.user_attrs for t in study.get_trials(deepcopy=False))
+
+
+def trials_per_worker(study: optuna.Study) -> dict[str, int]:
+    """Finished trials of the study per worker (``host:pid``), most first; duplicates
+    pruned without training are not counted (see :func:`duplicates`)."""
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False, states=FINISHED):
+        if "same_as" in trial.user_attrs:
+            continue
+        worker = trial.user_attrs.get("worker", "unknown")
+        counts[worker] = counts.get(worker, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def study_status(url: str, name: str) -> dict[str, Any]:
+    """A stored study's progress, read from any machine: trial states, trials per worker,
+    the best size/cost ratio so far among trials within the budget on val.
+
+    Raises:
+        ConfigError: the storage is unreachable or holds no study of that name.
+    """
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as exc:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ConfigError(
+            f"storage {_display_url(url)} holds no study {name!r}; its studies: {names or 'none'}"
+        ) from exc
+    states: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    feasible = [
+        t.values[0]
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "record" in t.user_attrs
+        and t.constraints
+        and all(c <= 0 for c in t.constraints.values())
+    ]
+    return {
+        "study": name,
+        "settings": study.user_attrs.get("torchslim"),
+        "states": states,
+        "trials_per_worker": trials_per_worker(study),
+        "duplicates_pruned": duplicates(study),
+        "best_feasible_ratio": min(feasible) if feasible else None,
+    }
 
 
 def study_records(study: optuna.Study) -> list[Record]:
-    """The records of every completed trial, from every worker."""
+    """The records of every completed trial, from every worker (with its worker and host)."""
     records = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         data = trial.user_attrs.get("record")
         if data:
             record = Record.from_dict(data)
-            record.extra["worker"] = trial.user_attrs.get("worker")
+            origin = {
+                "worker": trial.user_attrs.get("worker"),
+                "host": trial.user_attrs.get("host"),
+                "trial": trial.number,
+            }
+            record.extra["worker"] = origin["worker"]
+            record.candidate.origin = origin
             records.append(record)
     return records
+
+
+def claim_answer(out: str | os.PathLike[str], study: optuna.Study) -> str | None:
+    """Claim the writing of a shared study's answer in the shared output folder.
+
+    One claim per (study, number of finished trials): the first worker to create the file
+    (``O_EXCL``) writes the answer; the others get the claimant's ``host:pid`` back.
+    Returns None when this worker holds the claim.
+    """
+    from pathlib import Path
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study.study_name)
+    path = folder / f".answer-{safe}-{_finished(study)}.claim"
+    me = worker_id()["worker"]
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        holder = path.read_text(encoding="utf-8").strip() or "another worker"
+        return holder if holder != me else None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(me)
+    return None
 
 
 def wait_seconds(start: float, time_limit: float | None) -> float | None:

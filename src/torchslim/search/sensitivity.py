@@ -210,19 +210,21 @@ def _measure_one(
 @torch.no_grad()
 def split_loss(task: Any, model: nn.Module, split: str) -> float:
     """Mean task loss of ``model`` over one split (model left in its original mode)."""
+    from torchslim.device import on_device, to_device
     from torchslim.task import batch_size_of, call_model, split_batch
 
     mode = model.training
     model.eval()
     total, count = 0.0, 0
     try:
-        for batch in task.loader(split):
-            inputs, target = split_batch(batch)
-            if target is None:
-                return 0.0
-            size = batch_size_of(inputs)
-            total += float(task.loss(call_model(model, inputs), target)) * size
-            count += size
+        with on_device(model, task.device):
+            for batch in task.loader(split):
+                inputs, target = split_batch(to_device(batch, task.device))
+                if target is None:
+                    return 0.0
+                size = batch_size_of(inputs)
+                total += float(task.loss(call_model(model, inputs), target)) * size
+                count += size
     except Exception as exc:  # noqa: BLE001 - a custom loss / metric the loss cannot follow
         log.info("sensitivity: the loss is not measurable on %s (%s); metric only", split, exc)
         return 0.0

@@ -251,12 +251,13 @@ def _accumulate_gradients(model: nn.Module, task: Any, batches: int) -> None:
             "taylor importance needs data: pass task= to apply() (gradients come from "
             "the task's train split)"
         )
+    from torchslim.device import on_device, to_device
     from torchslim.task import call_model, eval_mode, split_batch
 
     model.zero_grad(set_to_none=True)
-    with eval_mode(model):
+    with on_device(model, task.device), eval_mode(model):  # .grad comes back with the model
         for batch in islice(task.loader("train", shuffle=False), batches):
-            inputs, target = split_batch(batch)
+            inputs, target = split_batch(to_device(batch, task.device))
             task.loss(call_model(model, inputs), target).backward()
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.device import on_device
 from torchslim.errors import ConfigError, ShapeError
 from torchslim.task import Task, TrainResult, call_model, split_batch
 from torchslim.techniques.base import (
@@ -151,7 +152,7 @@ class FeatureHints(nn.Module):
     def forward(
         self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        total = torch.zeros(())
+        total = torch.zeros((), device=next(iter(teacher.values())).device)
         for (s_name, t_name), adapter in zip(self.pairs, self.adapters, strict=True):
             mapped, target = adapter(student[s_name]), teacher[t_name].detach()
             if mapped.shape[2:] != target.shape[2:]:
@@ -273,7 +274,7 @@ def distill(
             lam, partner = 1.0, None
             if mixup > 0 and isinstance(inputs, torch.Tensor) and inputs.shape[0] > 1:
                 lam = float(torch.distributions.Beta(mixup, mixup).sample())
-                partner = torch.randperm(inputs.shape[0])
+                partner = torch.randperm(inputs.shape[0], device=inputs.device)
                 inputs = lam * inputs + (1 - lam) * inputs[partner]
             with torch.no_grad():
                 teacher_out = call_model(teacher, inputs)
@@ -292,15 +293,16 @@ def distill(
                 value = value + feature_weight * hints(s_capture.outputs, t_capture.outputs)
             return value
 
-        return task.fit(
-            wrapper,
-            epochs=epochs,
-            lr=lr,
-            objective=objective,
-            after_step=after_step,
-            progress=progress,
-            description="distill",
-        )
+        with on_device(teacher, task.device):  # teacher and student on the task's device
+            return task.fit(
+                wrapper,
+                epochs=epochs,
+                lr=lr,
+                objective=objective,
+                after_step=after_step,
+                progress=progress,
+                description="distill",
+            )
     finally:
         for capture in (s_capture, t_capture):
             if capture is not None:

@@ -232,6 +232,17 @@ def accumulate_gradients(
             "gradient and Taylor importance need data: pass task= to apply() "
             "(calibration batches come from the task's train split)"
         )
+    from torchslim.device import on_device
+
+    with on_device(model, task.device):  # the passes run on the task's device
+        scores = _accumulate(model, layers, task, batches, taylor)
+    return [score.cpu() for score in scores]
+
+
+def _accumulate(
+    model: nn.Module, layers: Sequence[nn.Module], task: Any, batches: int, taylor: bool
+) -> list[torch.Tensor]:
+    from torchslim.device import to_device
     from torchslim.task import call_model, split_batch
 
     weights = [_weight(layer) for layer in layers]
@@ -246,7 +257,7 @@ def accumulate_gradients(
     seen = 0
     try:
         for batch in islice(task.loader("train", shuffle=False), batches):
-            inputs, target = split_batch(batch)
+            inputs, target = split_batch(to_device(batch, task.device))
             if target is None:
                 raise ConfigError("gradient importance needs labelled train batches")
             model.zero_grad(set_to_none=True)
@@ -294,7 +305,7 @@ def keep_masks(scores: Sequence[torch.Tensor], sparsity: float) -> list[torch.Te
     """
     flat = torch.cat([s.reshape(-1) for s in scores])
     count = int(sparsity * flat.numel())
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
     if count:
         keep[torch.sort(flat, stable=True).indices[:count]] = False
     masks, offset = [], 0

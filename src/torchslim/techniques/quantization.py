@@ -436,6 +436,21 @@ def sqnr_table(
     return table
 
 
+def _sqnr_on(
+    context: ApplyContext,
+    reference: nn.Module,
+    model: nn.Module,
+    layers: dict[str, QuantizedLayer],
+    inputs: Any,
+) -> dict[str, float]:
+    """:func:`sqnr_table` with both models on the task's device."""
+    from torchslim.device import on_device
+
+    device = context.task.device
+    with on_device(reference, device), on_device(model, device):
+        return sqnr_table(reference, model, layers, inputs)
+
+
 def _db(value: float) -> float:
     return round(value, 2) if math.isfinite(value) else 999.0
 
@@ -470,15 +485,19 @@ def _notes(
 def _prepare_static(
     model: nn.Module, config: _StaticFields, context: ApplyContext
 ) -> tuple[dict[str, QuantizedLayer], list[Any], nn.Module, list[str]]:
+    from torchslim.device import on_device
+
     inputs = calibration_inputs(context.task, config.calibration_batches, config.name)
     model.eval()
-    run_batch(model, inputs[0], config.name)
+    with on_device(model, context.task.device):
+        run_batch(model, inputs[0], config.name)
     make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
     folded = fold_batchnorm(model) if config.fold_bn else []
     reference = copy.deepcopy(model)
     chosen = _select(model, config, WEIGHT_TYPES, context)
     layers = _wrap(model, config, chosen, "static")
-    calibrate(model, layers, inputs, config.name)
+    with on_device(model, context.task.device):  # calibration passes on the task's device
+        calibrate(model, layers, inputs, config.name)
     return layers, inputs, reference, folded
 
 
@@ -489,9 +508,12 @@ def _prepare_static(
 def _static_quant(model: nn.Module, config: StaticQuant, context: ApplyContext) -> nn.Module:
     layers, inputs, reference, folded = _prepare_static(model, config, context)
     if config.bias_correction:
-        correct_bias(layers, model, inputs)
+        from torchslim.device import on_device
+
+        with on_device(model, context.task.device):
+            correct_bias(layers, model, inputs)
     table = (
-        sqnr_table(reference, model, layers, _sqnr_inputs(inputs, config.sqnr_samples))
+        _sqnr_on(context, reference, model, layers, _sqnr_inputs(inputs, config.sqnr_samples))
         if config.sqnr_samples
         else {}
     )
@@ -591,7 +613,7 @@ def _qat(model: nn.Module, config: QAT, context: ApplyContext) -> nn.Module:
     for quantizer in acts:
         quantizer.freeze()
     table = (
-        sqnr_table(reference, model, layers, _sqnr_inputs(inputs, config.sqnr_samples))
+        _sqnr_on(context, reference, model, layers, _sqnr_inputs(inputs, config.sqnr_samples))
         if config.sqnr_samples
         else {}
     )
