@@ -254,3 +254,44 @@ def test_cli_device_cuda_without_cuda_is_one_line() -> None:
     assert run.returncode == 1
     lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "sees 0 CUDA device(s)" in lines[0], run.stderr
+
+
+def test_torch_latency_runs_on_the_task_device_and_waits_for_it(monkeypatch):
+    """Latency on the user's device: copies of the models on that device, inputs moved once,
+    a synchronisation after every timed sample, the device named in the footprint; the
+    models given stay where they were. (cpu:0 stands for an accelerator here.)"""
+    import torchslim.device as device_module
+    from torchslim.measure import benchmark_latency
+
+    seen: list[int] = []
+    synced: list[torch.device] = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(id(self))  # a CPU tensor drops the index of cpu:0: check the copy
+            return self.layer(x)
+
+    real = device_module.synchronize
+    monkeypatch.setattr(device_module, "synchronize", lambda d: (synced.append(d), real(d)))
+    model = Probe()
+    stats = benchmark_latency([model], torch.randn(4, 8), device=TASK_DEVICE, repeats=5, warmup=1)
+    assert stats[0].repeats == 5 and stats[0].median_ms > 0
+    assert seen and id(model) not in seen  # a copy was moved to the device and timed
+    assert len(synced) == 1 + 1 + 5 and all(d == torch.device("cpu", 0) for d in synced)
+    assert next(model.parameters()).device == torch.device("cpu")  # the caller's model stays
+
+    task = ts.Task(
+        name="latency-device",
+        model=tiny_mlp,
+        train=blobs(64, seed=0),
+        test=blobs(32, seed=2),
+        train_config=ts.TrainConfig(epochs=0, device=TASK_DEVICE),
+    )
+    footprint = ts.measure(model, task, latency=True, batch_n=2)
+    assert footprint.device == "cpu:0" and footprint.latency_ms["batch_1"] > 0
+    onnx = ts.measure(model, task, latency=True, batch_n=2, runtime="onnxruntime")
+    assert onnx.device == "cpu"  # ONNX Runtime runs on the CPU whatever the training device

@@ -332,6 +332,7 @@ def benchmark_latency(
     warmup: int = 5,
     repeats: int | None = None,
     target_seconds: float = 1.0,
+    device: str | torch.device | None = None,
 ) -> list[LatencyStats]:
     """Median latency of each model on the same inputs, runs interleaved round by round.
 
@@ -339,21 +340,34 @@ def benchmark_latency(
     compared, so their ratio is fair on a shared machine. Each timed sample loops
     enough calls to last at least 0.2 ms; the number of rounds defaults to what fits
     in ``target_seconds`` per model (between 15 and 300).
+
+    ``device`` (the ``torch`` runtime only; default CPU): the models are timed as copies on
+    that device with the inputs moved there once, and every timed sample ends with a
+    synchronisation, so asynchronous CUDA / MPS kernels are counted whole. The models
+    given are not moved.
     """
+    from torchslim.device import resolve_device, synchronize, to_device
+
     _load_runtime(runtime)
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} is unknown; use one of {sorted(RUNTIMES)}")
+    target = resolve_device(device) if runtime == "torch" else torch.device("cpu")
     batch = _batch_of(inputs)
     with threads_fixed(threads), contextlib.ExitStack() as kept:
         for model in models:  # runtimes put models in eval mode: every module's mode comes back
             kept.enter_context(preserved_modes(model))
+        if target != torch.device("cpu"):
+            models = [copy.deepcopy(model).to(target) for model in models]
+            inputs = to_device(inputs, target)
         runners = [RUNTIMES[runtime](model, inputs) for model in models]
         inner, per_call = [], []
         for run in runners:
             for _ in range(warmup):
                 run(inputs)
+            synchronize(target)
             start = time.perf_counter()
             run(inputs)
+            synchronize(target)
             elapsed = max(time.perf_counter() - start, 1e-6)
             inner.append(max(1, int(2e-4 / elapsed)))
             per_call.append(elapsed)
@@ -365,6 +379,7 @@ def benchmark_latency(
                 start = time.perf_counter()
                 for _ in range(inner[index]):
                     run(inputs)
+                synchronize(target)
                 samples[index].append((time.perf_counter() - start) * 1e3 / inner[index])
     stats = []
     for times in samples:
@@ -399,6 +414,7 @@ class Footprint:
     artifact: str | None
     per_layer: list[LayerFootprint] = field(default_factory=list)
     simulated: bool = False
+    device: str = "cpu"
 
     def to_dict(self, per_layer: bool = True) -> dict[str, Any]:
         """JSON-ready dict (see docs/architecture.md for the keys)."""
@@ -465,6 +481,7 @@ def measure(
     latency: bool = True,
     split: str = "test",
     simulated: bool = False,
+    device: str | torch.device | None = None,
 ) -> Footprint:
     """Measure one model's Footprint on a task. See :func:`measure_many` for A/B comparisons."""
     return measure_many(
@@ -478,6 +495,7 @@ def measure(
         latency=latency,
         split=split,
         simulated=[simulated],
+        device=device,
     )[0]
 
 
@@ -494,6 +512,7 @@ def measure_many(
     split: str = "test",
     simulated: Sequence[bool] | None = None,
     latency_seconds: float = 1.0,
+    device: str | torch.device | None = None,
 ) -> list[Footprint]:
     """Measure several models on one task, with their latencies interleaved in one run.
 
@@ -509,6 +528,9 @@ def measure_many(
         split: data split for the metric.
         simulated: per model, whether its numbers are simulated (e.g. fake-quant).
         latency_seconds: timing budget per model and batch size (more rounds, less noise).
+        device: where the ``torch`` runtime times the models (default: the task's training
+            device, ``task.train_config.device``); other runtimes run on the CPU. Recorded
+            in each footprint's ``device``.
     """
     count = len(models)
     artifacts = list(artifacts or [None] * count)
@@ -542,6 +564,7 @@ def measure_many(
             )
     latency_ms: list[dict[str, float]] = [{} for _ in models]
     spread_ms: list[dict[str, float]] = [{} for _ in models]
+    timing_device = (device if device is not None else task.device) if runtime == "torch" else None
     if latency:
         for key, size in (("batch_1", 1), ("batch_N", batch_n)):
             stats = benchmark_latency(
@@ -550,6 +573,7 @@ def measure_many(
                 runtime=runtime,
                 threads=threads,
                 target_seconds=latency_seconds,
+                device=timing_device,
             )
             for index, stat in enumerate(stats):
                 latency_ms[index][key] = round(stat.median_ms, 6)
@@ -563,6 +587,7 @@ def measure_many(
             threads=threads,
             batch_n=batch_n,
             simulated=simulated[index],
+            device=str(timing_device) if timing_device is not None else "cpu",
             **results[index],
         )
         for index in range(count)

@@ -193,7 +193,7 @@ def render_html(report: Report) -> str:
 <h1>torchslim report: {html.escape(report.task)}</h1>
 <p>baseline {html.escape(report.metric_name)} {base.metric:.4f}, {human_count(base.params)} params,
 {human_bytes(base.artifact_bytes)} artifact, {human_count(base.macs)} MACs; latency on
-{html.escape(base.runtime)} with {base.threads} thread(s), batch 1 and {base.batch_n}. {budget}; {best}.</p>
+{html.escape(base.runtime)} ({html.escape(base.device)}) with {base.threads} thread(s), batch 1 and {base.batch_n}. {budget}; {best}.</p>
 <p>measured on: {machine}</p>
 <h2>Comparison</h2>
 {comparison_table(report)}

@@ -115,7 +115,8 @@ def table_rows(report: Report) -> tuple[list[str], list[dict[str, Any]]]:
     numbers are those of results.json, formatted.
     """
     base = report.baseline
-    runtime = f"{base.runtime}, {base.threads}T"
+    on = "" if getattr(base, "device", "cpu") in ("cpu", "cpu:0") else f" on {base.device}"
+    runtime = f"{base.runtime}{on}, {base.threads}T"
     header = [
         "technique",
         "params x",
