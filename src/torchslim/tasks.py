@@ -83,8 +83,8 @@ def digits_mlp(data_dir: str | None = None) -> Task:
     )
 
 
-def _digits32(name: str, model: str, epochs: int, lr: float, **kwargs: Any) -> Task:
-    splits = load_digits32()
+def _split_task(name: str, splits: Any, model: str, config: TrainConfig, **kwargs: Any) -> Task:
+    """A built-in task over train / val / test splits with a registered architecture."""
     return Task(
         name=name,
         model=model,
@@ -92,11 +92,16 @@ def _digits32(name: str, model: str, epochs: int, lr: float, **kwargs: Any) -> T
         train=splits.train,
         val=splits.val,
         test=splits.test,
-        train_config=TrainConfig(
-            optimizer="sgd", lr=lr, epochs=epochs, batch_size=64, seed=0, weight_decay=5e-4
-        ),
+        train_config=config,
         source=name,
     )
+
+
+def _digits32(name: str, model: str, epochs: int, lr: float, **kwargs: Any) -> Task:
+    config = TrainConfig(
+        optimizer="sgd", lr=lr, epochs=epochs, batch_size=64, seed=0, weight_decay=5e-4
+    )
+    return _split_task(name, load_digits32(), model, config, **kwargs)
 
 
 @register_task("digits32-vgg", "digits upsampled to 3x32x32 with the 8-conv VGG-style network")
@@ -142,16 +147,7 @@ def _fashion(
 ) -> Task:
     """A Fashion-MNIST task; ``data_dir`` defaults to Debian's dataset-fashion-mnist folder."""
     splits = load_fashion_mnist(data_dir if data_dir is not None else FASHION_MNIST_DIR)
-    return Task(
-        name=name,
-        model=model,
-        model_kwargs=kwargs,
-        train=splits.train,
-        val=splits.val,
-        test=splits.test,
-        train_config=config,
-        source=name,
-    )
+    return _split_task(name, splits, model, config, **kwargs)
 
 
 @register_task(
