@@ -232,3 +232,44 @@ def test_results_and_artifacts_record_the_machine(tiny_task, tmp_path):
                  str(out), "--no-latency"]) == 0  # fmt: skip
     saved = Report.load(out / "results.json")
     assert saved.hardware["cpu"] == record["cpu"] and saved.hardware["threads"] >= 1
+
+
+def test_nested_user_layers_carry_their_simulated_scales(tmp_path):
+    """TorchScript names a layer inside a custom module by its attribute (``/block/conv1``),
+    not its full path: the carried grids must still find it (they silently fell back to
+    ONNX Runtime's own calibration for every nested layer of a ResNet)."""
+    import warnings
+
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.stages = nn.Sequential(nn.Sequential(Block()))
+            self.head = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stages(torch.relu(self.stem(x))).flatten(1))
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 1, 8, 8, generator=generator), torch.arange(64) % 3)
+    task = ts.Task(name="nested", model=Net, train=data, test=data,
+                   train_config=ts.TrainConfig(epochs=0, seed=0))  # fmt: skip
+    simulated = apply(task.baseline(progress=False), StaticQuant(sqnr_samples=0), task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "no ONNX node found for quantized layer(s) ..." fails
+        deployed = export_ort_int8(simulated, task, tmp_path / "nested.onnx")
+    x = data.tensors[0]
+    with torch.no_grad():
+        assert sqnr(simulated(x), deployed(x)) > 35

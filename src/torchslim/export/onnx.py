@@ -203,16 +203,25 @@ class _Reader:
         self.position = 0
 
 
+def _in_layer(node_name: str, layer: str) -> bool:
+    """Whether an ONNX node (TorchScript naming) belongs to a PyTorch layer. Scopes are
+    named by full path inside containers (``/0/0.0/Conv``) and by attribute name inside
+    other modules (``/stages/stages.0/stages.0.0/conv1/Conv`` for ``stages.0.0.conv1``)."""
+    name = f"{node_name}/"
+    parent, _, child = layer.rpartition(".")
+    markers = [f"/{layer}/"]
+    if parent:
+        markers.append(f"/{parent}/{child}/")
+    elif not node_name.startswith("/"):
+        markers.append(f"{layer}/")
+    return any(m in name for m in markers) or node_name.startswith(f"{layer}/")
+
+
 def _excluded_nodes(model: Any, layers: Sequence[str]) -> list[str]:
     """ONNX node names that belong to the named PyTorch layers (TorchScript naming)."""
     found = []
     for layer in layers:
-        marker = f"/{layer}/"
-        hits = [
-            n.name
-            for n in model.graph.node
-            if marker in f"{n.name}/" or n.name.startswith(f"{layer}/")
-        ]
+        hits = [n.name for n in model.graph.node if _in_layer(n.name, layer)]
         if not hits:
             warnings.warn(
                 f"keep_float: no ONNX node found for layer {layer!r}; it may be quantized",
@@ -283,12 +292,7 @@ def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def _layer_node(model: Any, layer: str) -> Any | None:
     """The Conv / Gemm / MatMul node of a PyTorch layer (TorchScript naming), if exactly one."""
-    hits = [
-        n
-        for n in model.graph.node
-        if n.op_type in _WEIGHTED_OPS
-        and (f"/{layer}/" in f"{n.name}/" or n.name.startswith(f"{layer}/"))
-    ]
+    hits = [n for n in model.graph.node if n.op_type in _WEIGHTED_OPS and _in_layer(n.name, layer)]
     return hits[0] if len(hits) == 1 else None
 
 
