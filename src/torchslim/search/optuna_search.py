@@ -166,9 +166,14 @@ def open_study(
     assert study is not None
     # One attribute written in one call, so a concurrent worker never sees half of it.
     identity = {"task_fingerprint": fingerprint, "objective": objective, "multi_objective": multi}
+    # Trials first, then the attribute: the creating worker writes the attribute before it
+    # queues any trial, so a study that already has trials shows its attribute here too
+    # (read the other way round, a worker starting at the same moment saw trials and no
+    # attribute, and refused the study as foreign).
+    has_trials = bool(study.trials)
     found = study.user_attrs.get("torchslim")
     if found is None:
-        if study.trials:
+        if has_trials:
             raise ConfigError(
                 f"study {name!r} was not created by torchslim (no task fingerprint); use another "
                 "--study name"
