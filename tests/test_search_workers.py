@@ -83,7 +83,10 @@ def test_two_workers_share_a_study_and_one_writes_the_answer(storage, tmp_path) 
             worker = trial.user_attrs["worker"]
             per_worker[worker] = per_worker.get(worker, 0) + 1
     assert sum(per_worker.values()) >= 6
-    assert len(per_worker) == 2 and min(per_worker.values()) >= 1, per_worker
+    # which worker trains what depends on timing: on a loaded 2-core machine one worker
+    # can take every trial before the other gets a core (seen in CI); what must hold is
+    # that no settings are trained twice (below) and the counts add up
+    assert 1 <= len(per_worker) <= 2, per_worker
     # no two workers trained the same settings: evaluated trials have distinct parameters
     evaluated = [t for t in finished if "same_as" not in t.user_attrs]
     keys = [tuple(sorted(t.params.items())) for t in evaluated]
