@@ -20,36 +20,23 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from quantization import ort_default_static  # benchmarks/quantization.py, beside this file
 
 import torchslim as ts
-from torchslim.export.onnx import OrtModule, export_onnx, export_ort_int8
+from torchslim.export.onnx import export_ort_int8
 from torchslim.hardware import machine_record, run_onnx_files
 from torchslim.measure import threads_fixed
 from torchslim.techniques import apply
 from torchslim.techniques.quant_math import sqnr
-from torchslim.techniques.quantization import QAT, DynamicQuant, StaticQuant, calibration_inputs
+from torchslim.techniques.quantization import QAT, DynamicQuant, StaticQuant
 
 RESULTS = Path(__file__).parent / "results" / "int8_portability.json"
-
-
-def ort_default_static(model: torch.nn.Module, task: ts.Task, path: Path) -> OrtModule:
-    """ONNX Runtime's quantize_static with its defaults (QDQ, per-tensor, full range)."""
-    from onnxruntime.quantization import quantize_static
-
-    from torchslim.export.onnx import _Reader
-
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, task.inputs(2), Path(tmp) / "fp32.onnx")
-        batches = calibration_inputs(task, 8, "ORT default")
-        quantize_static(str(fp32), str(path), _Reader(batches, ["input"]))
-    return OrtModule(path)
 
 
 def accuracy(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> float:
@@ -176,6 +163,51 @@ def run_encoder(model_dir: str, folder: Path, texts: int, seq_len: int) -> list[
     return rows
 
 
+KERNEL_FORMATS = {
+    "u8s8 full range": {"weight_type": "QInt8", "reduce_range": False},
+    "u8s8 7-bit (torchslim)": {"weight_type": "QInt8", "reduce_range": True},
+    "u8u8": {"weight_type": "QUInt8", "reduce_range": False},
+}
+
+
+def kernel_speed(name: str, folder: Path) -> list[dict]:
+    """Why 7-bit weights and not U8U8: the task's (untrained: timing does not depend on the
+    weights) model as fp32 and as static QDQ int8 in each weight format, timed interleaved on
+    ONNX Runtime at batch 1 and 64."""
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_static
+
+    from torchslim.export.onnx import OrtModule, _Reader, export_onnx
+    from torchslim.measure import benchmark_latency
+    from torchslim.techniques.quantization import calibration_inputs
+
+    task = ts.tasks.get(name)
+    model = task.build_model().eval()
+    fp32 = export_onnx(model, task.inputs(2), folder / f"{name}-kernel-fp32.onnx")
+    source = folder / f"{name}-kernel-pre.onnx"
+    quant_pre_process(str(fp32), str(source), skip_symbolic_shape=True)
+    batches = calibration_inputs(task, 8, "kernel speed")
+    files = {"fp32": fp32}
+    for label, options in KERNEL_FORMATS.items():
+        path = folder / f"{name}-kernel-{len(files)}.onnx"
+        quantize_static(
+            str(source),
+            str(path),
+            _Reader(batches, ["input"]),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=getattr(QuantType, options["weight_type"]),
+            reduce_range=options["reduce_range"],
+        )
+        files[label] = path
+    models = [OrtModule(path) for path in files.values()]
+    rows = [{"task": name, "format": label} for label in files]
+    for key, size in (("b1_ms", 1), ("b64_ms", 64)):
+        stats = benchmark_latency(models, task.inputs(size), runtime="onnxruntime")
+        for row, stat in zip(rows, stats, strict=True):
+            row[key] = stat.median_ms
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=["mnist1d-cnn"])
@@ -184,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", help="also a sentence-transformers folder (MiniLM)")
     parser.add_argument("--texts", type=int, default=60, help="held-out texts for --model-dir")
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--kernel-speed", metavar="TASK", help="time the int8 weight formats")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -198,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['native_nn']:.3f} | {r['emulated_cosine']:.4f} / {r['emulated_nn']:.3f} "
                     f"| {r['speedup_b1_vs_ort_fp32']:.2f} |"
                 )
+        if args.kernel_speed:
+            speed = kernel_speed(args.kernel_speed, args.out)
+            rows += speed
+            print("| format | b1 ms | b64 ms |\n|---|---:|---:|")
+            for r in speed:
+                print(f"| {r['format']} | {r['b1_ms']:.3f} | {r['b64_ms']:.1f} |")
     payload = {"machine": machine_record(1), "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=2))

@@ -81,12 +81,6 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _hardware_record() -> dict[str, Any]:
-    from torchslim.hardware import spec_record
-
-    return spec_record()
-
-
 def save_checkpoint(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -103,7 +97,9 @@ def save_checkpoint(
     """
     payload = dict(spec or {})
     payload.setdefault("format", FORMAT)
-    payload.setdefault("hardware", _hardware_record())
+    from torchslim.hardware import spec_record
+
+    payload.setdefault("hardware", spec_record())
     if isinstance(payload.get("arch"), dict):  # record how the model differs from its arch
         from torchslim.reload import structure_record
         from torchslim.structure import reference_model

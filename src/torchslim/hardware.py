@@ -199,8 +199,10 @@ def warn_if_saturating(model_bytes: bytes, label: str = "this ONNX model") -> li
 
     Returns the weight tensors at risk (empty on exact CPUs and for portable files).
     """
+    if u8s8_exact():  # exact kernels (VNNI, AMX, ARM): nothing to check, nothing hashed
+        return []
     key = hash(model_bytes)
-    if key in _warned or u8s8_exact():
+    if key in _warned:
         return []
     layers = saturating_weights(model_bytes)
     _warned.add(key)

@@ -212,8 +212,6 @@ def _in_layer(node_name: str, layer: str) -> bool:
     markers = [f"/{layer}/"]
     if parent:
         markers.append(f"/{parent}/{child}/")
-    elif not node_name.startswith("/"):
-        markers.append(f"{layer}/")
     return any(m in name for m in markers) or node_name.startswith(f"{layer}/")
 
 
