@@ -159,7 +159,9 @@ def test_sigkilled_worker_loses_nothing(storage, tmp_path) -> None:
         progress=False,
         latency=False,
     )
-    assert time.monotonic() - start < 60
+    # the dead trial is failed after 3 one-second beats, not Optuna's 120 s default grace;
+    # the bound leaves room for a loaded 2-core machine
+    assert time.monotonic() - start < 110
     trials = {t.number: t for t in _trials(storage, study)}
     assert not [t for t in trials.values() if t.state in (State.RUNNING, State.WAITING)]
     for number in killed:  # failed as dead, and its settings run again to the end
