@@ -59,6 +59,9 @@ def test_accepted_model_meets_the_budget_on_test(tmp_path) -> None:
     assert set(data["pareto"]) <= {c["name"] for c in data["candidates"]}
     assert "magnitude_pruning" in data["sensitivity"]
     assert (tmp_path / "best.yaml").exists() and (tmp_path / "report.html").exists()
+    epochs = task.train_config.epochs  # a tiny task: the epoch-based defaults, not capped
+    wanted = f"recovery {min(20, max(1, epochs // 2))} epoch(s), sensitivity points after 1"
+    assert any(n.startswith("default training:") and wanted in n for n in data["notes"])
 
 
 def test_budget_nothing_meets_is_reported_and_best_found_saved(tmp_path) -> None:

@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument(
         "--recovery-epochs",
         type=int,
-        help="recovery epochs after pruning (default: half the task's epochs, at most 20; "
+        help="recovery epochs after pruning (default: half the task's epochs, 1 to 20, fewer "
+        "on large tasks so a default search ends: see docs/techniques.md; "
         "0: no training at all, codebook centroids not fine-tuned either)",
     )
     optimize.add_argument(
@@ -263,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument(
         "--sensitivity-epochs",
         type=int,
-        help="recovery epochs before each sensitivity point (default 1; 0: none)",
+        help="recovery epochs before each sensitivity point (default 1, 0 on large tasks; 0: none)",
     )
     optimize.add_argument("--single-objective", action="store_true", help="TPE on the objective")
     optimize.add_argument("--out", default="out/optimize", help="output folder")

@@ -26,6 +26,7 @@ from torchslim.pipeline import run_recipe
 from torchslim.recipe import Recipe
 from torchslim.report.results import Candidate, Report
 from torchslim.search.budget import Budget, Objective
+from torchslim.search.defaults import TrainingDefaults, training_defaults
 from torchslim.search.evaluate import Evaluator, Record
 from torchslim.search.greedy import allocate, greedy_search
 from torchslim.search.sensitivity import Curves, sensitivity
@@ -142,7 +143,8 @@ def optimize(
         study: study name (default derived from the task's fingerprint).
         out: folder for results.json, report.html, the best recipe and its artifact.
         recovery_epochs: recovery after pruning (default: half of the task's training
-            epochs, 1 to 20).
+            epochs, 1 to 20, and no more epochs than fit in a compute bound; see
+            :mod:`torchslim.search.defaults`).
         codebook_epochs: centroid fine-tuning of codebook quantization (default: half
             of recovery_epochs, at least 1; none when recovery_epochs is 0).
         recovery: ``"distill"`` (Hinton KD from the uncompressed baseline, default) or
@@ -150,8 +152,9 @@ def optimize(
         recovery_lr: recovery learning rate (None: the task's lr for distill, a tenth of
             it for finetune).
         sensitivity_epochs: recovery epochs before each sensitivity point is measured
-            (default 1; 0 measures right after compressing, which overstates the cost of
-            pruning that recovery wins back).
+            (default 1, or 0 when all points' recovery would exceed a compute bound; 0
+            measures right after compressing, which overstates the cost of pruning that
+            recovery wins back).
         margin: fraction of the budget held back on the val split (0.25: a 1-point budget
             is searched as 0.75 points on val); the test split is checked against the full
             budget. Candidates within the full budget on val are tried on test after the
@@ -207,11 +210,11 @@ def optimize(
             space = build_space(base, task, knobs, ranges)
     else:
         space = build_space(base, task, knobs, ranges)
-    epochs = task.train_config.epochs
-    rounds = recovery_epochs if recovery_epochs is not None else min(20, max(1, epochs // 2))
+    defaults = _training_defaults(task, base, space)
+    rounds = recovery_epochs if recovery_epochs is not None else defaults.recovery_epochs
     default_codebook = max(1, rounds // 2) if rounds else 0  # recovery off: no training at all
     codebook = codebook_epochs if codebook_epochs is not None else default_codebook
-    probe = 1 if sensitivity_epochs is None else sensitivity_epochs
+    probe = defaults.sensitivity_epochs if sensitivity_epochs is None else sensitivity_epochs
     curves, base_val_metric = sensitivity(
         task,
         base,
@@ -252,6 +255,8 @@ def optimize(
     ]
     if small_budget:
         notes.append(f"warning: {small_budget}")
+    if recovery_epochs is None or sensitivity_epochs is None:
+        notes.append(defaults.note())
     if strategy == "greedy":
         records = greedy_search(evaluator, curves, base_val_metric, trials or 12, deadline)
     else:
@@ -350,6 +355,20 @@ def _check_search_settings(recovery: str, sensitivity_epochs: int | None, margin
         raise ConfigError(f"sensitivity epochs must be an integer >= 0, got {sensitivity_epochs!r}")
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
         raise ConfigError(f"margin is a fraction of the budget in [0, 1), got {margin!r}")
+
+
+def _training_defaults(task: Any, base: nn.Module, space: Any) -> TrainingDefaults:
+    """The compute-bounded default epochs for this task (see :mod:`.defaults`)."""
+    from torchslim.measure import count_macs
+
+    macs = count_macs(base, task.inputs(1)).macs
+    loader = task.loader("train")
+    try:
+        samples = len(loader.dataset)
+    except TypeError:  # an iterable dataset without a length: the epoch-based defaults
+        samples = 0
+    points = sum(len(space.grids[knob]) - 1 for knob, _ in space.knobs())
+    return training_defaults(task.train_config.epochs, macs, samples, points)
 
 
 def _pid() -> int:
