@@ -1,0 +1,111 @@
+"""The optimizer on Fashion-MNIST with its DEFAULT settings: wall time and answer.
+
+Runs ``torchslim optimize <task> --max-drop 1 --objective <objective> [--runtime
+onnxruntime]`` exactly as a new user would (no tuning flags) in a subprocess, times it with
+the baseline already cached (``benchmarks/fashion.py`` trains it once), and records the
+wall time, the load average over the run, the CPU, and the answer read from its
+results.json (metric, drop, size / MACs / latency ratios, recipe, the notes that state the
+default training amounts).
+
+Usage:
+    python benchmarks/fashion_optimize.py --objective latency   # b1 on ONNX Runtime
+    python benchmarks/fashion_optimize.py --objective size
+Results: ``benchmarks/results/fashion_optimize_<objective>.json``; the answer's files
+under ``out/bench-fashion/<objective>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fashion import cpu_name  # noqa: E402
+
+from torchslim.checkpoint import write_text_atomic  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def summary(results: dict) -> dict:
+    """The answer's row and the baseline's, from a results.json."""
+    base = results["baseline"]
+    best_name = results.get("best")
+    best = next((c for c in results["candidates"] if c["name"] == best_name), None)
+    row = {"baseline": {k: base.get(k) for k in ("metric", "artifact_bytes", "macs", "params")}}
+    row["baseline"]["latency_ms"] = base.get("latency_ms")
+    if best is not None:
+        foot = best["footprint"]
+        row["best"] = {
+            "metric": foot["metric"],
+            "drop_points": round(100 * (base["metric"] - foot["metric"]), 3),
+            "artifact_bytes": foot["artifact_bytes"],
+            "size_ratio": base["artifact_bytes"] / foot["artifact_bytes"],
+            "macs_ratio": base["macs"] / max(1, foot["macs"]),
+            "latency_ms": foot.get("latency_ms"),
+            "runtime": foot.get("runtime"),
+            "techniques": best.get("techniques"),
+            "recipe": best.get("recipe"),
+        }
+        base_b1 = (base.get("latency_ms") or {}).get("batch_1")
+        best_b1 = (foot.get("latency_ms") or {}).get("batch_1")
+        if base_b1 and best_b1:
+            row["best"]["latency_b1_speedup"] = base_b1 / best_b1
+    row["met"] = best is not None
+    row["notes"] = results.get("notes", [])
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="fashion-resnet")
+    parser.add_argument("--objective", choices=("size", "latency", "macs"), default="latency")
+    parser.add_argument("--out", type=Path, help="results file (default by objective)")
+    args = parser.parse_args()
+    folder = Path("out") / "bench-fashion" / args.objective
+    command = [
+        str(Path(sys.executable).parent / "torchslim"),
+        "optimize",
+        args.task,
+        "--max-drop",
+        "1",
+        "--objective",
+        args.objective,
+        "--out",
+        str(folder),
+    ]
+    if args.objective == "latency":
+        command += ["--runtime", "onnxruntime"]
+    env = dict(os.environ, TORCHSLIM_PROGRESS="0")
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    load_after = os.getloadavg()
+    record = {
+        "command": " ".join(["torchslim", *command[1:]]),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "wall_seconds": round(wall, 1),
+        "load_average_before_after_1min": [load_before[0], load_after[0]],
+        "load_average_after_15min": load_after[2],
+        "exit_code": proc.returncode,
+        "stdout_tail": proc.stdout[-3000:],
+        "stderr_tail": proc.stderr[-2000:],
+    }
+    results_file = folder / "results.json"
+    if proc.returncode == 0 and results_file.exists():
+        record.update(summary(json.loads(results_file.read_text())))
+    out = args.out or RESULTS / f"fashion_optimize_{args.objective}.json"
+    write_text_atomic(out, json.dumps(record, indent=2))
+    print(json.dumps({k: v for k, v in record.items() if "tail" not in k}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
