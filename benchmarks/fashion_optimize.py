@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -87,12 +88,14 @@ def main() -> None:
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_after = os.getloadavg()
     record = {
         "command": " ".join(["torchslim", *command[1:]]),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "load_average_before_after_1min": [load_before[0], load_after[0]],
         "load_average_after_15min": load_after[2],
         "exit_code": proc.returncode,
