@@ -10,24 +10,26 @@ from torchslim.search.defaults import (
 
 
 def test_small_tasks_keep_epoch_based_defaults():
-    # mnist1d-cnn: 150 epochs, 31,750 MACs, 1,500 training samples, 37 points
-    small = training_defaults(150, 31_750, 1_500, 37)
+    # mnist1d-cnn: 150 epochs, 31,750 MACs, 3,600 training samples, 37 points
+    small = training_defaults(150, 31_750, 3_600, 37)
     assert (small.recovery_epochs, small.sensitivity_epochs, small.capped) == (20, 1, False)
-    assert small.epoch_mac_samples == 31_750 * 1_500
-    # fashion-lenet5: 8 epochs, 416,520 MACs x 27,500 samples = 1.15e10 per epoch, 30 points
-    lenet = training_defaults(8, 416_520, 27_500, 30)
-    assert (lenet.recovery_epochs, lenet.sensitivity_epochs) == (4, 1)
-    assert "bounded" not in lenet.note()
+    assert small.epoch_mac_samples == 31_750 * 3_600
+    assert "bounded" not in small.note()
+    # 8 epochs, 416,520 MACs x 10,000 samples = 4.2e9 per epoch: 30 points = 1.25e11 fit
+    medium = training_defaults(8, 416_520, 10_000, 30)
+    assert (medium.recovery_epochs, medium.sensitivity_epochs) == (4, 1)
 
 
-def test_large_task_recovers_one_epoch_and_probes_without_recovery():
-    # fashion-resnet: 4 epochs, 2,364,864 MACs x 27,500 = 6.5e10 per epoch; 37 points
-    big = training_defaults(4, 2_364_864, 27_500, 37)
-    assert big.epoch_mac_samples == 2_364_864 * 27_500
-    assert big.epoch_mac_samples <= RECOVERY_MAC_SAMPLES < 2 * big.epoch_mac_samples
+def test_large_tasks_recover_less_and_probe_without_recovery():
+    # fashion-resnet: 4 epochs, 2,364,864 MACs x 55,000 = 1.3e11 per epoch; 37 points
+    big = training_defaults(4, 2_364_864, 55_000, 37)
+    assert big.epoch_mac_samples == 2_364_864 * 55_000 > RECOVERY_MAC_SAMPLES
     assert 37 * big.epoch_mac_samples > PROBE_MAC_SAMPLES
     assert (big.recovery_epochs, big.sensitivity_epochs, big.capped) == (1, 0, True)
     assert "--recovery-epochs" in big.note()
+    # fashion-lenet5: 8 epochs, 416,520 x 55,000 = 2.29e10: 8e10 holds 3 whole epochs of 4
+    lenet = training_defaults(8, 416_520, 55_000, 30)
+    assert (lenet.recovery_epochs, lenet.sensitivity_epochs, lenet.capped) == (3, 0, True)
 
 
 def test_recovery_never_below_one_epoch_and_bound_scales():
