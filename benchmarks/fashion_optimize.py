@@ -36,29 +36,28 @@ RESULTS = Path(__file__).parent / "results"
 
 def summary(results: dict) -> dict:
     """The answer's row and the baseline's, from a results.json."""
+    keys = ("metric", "artifact_bytes", "macs", "params", "latency_ms", "runtime")
     base = results["baseline"]
-    best_name = results.get("best")
-    best = next((c for c in results["candidates"] if c["name"] == best_name), None)
-    row = {"baseline": {k: base.get(k) for k in ("metric", "artifact_bytes", "macs", "params")}}
-    row["baseline"]["latency_ms"] = base.get("latency_ms")
+    best = next((c for c in results["candidates"] if c["name"] == results.get("best")), None)
+    row: dict = {"baseline": {k: base.get(k) for k in keys}}
     if best is not None:
-        foot = best["footprint"]
-        row["best"] = {
-            "metric": foot["metric"],
-            "drop_points": round(100 * (base["metric"] - foot["metric"]), 3),
-            "artifact_bytes": foot["artifact_bytes"],
-            "size_ratio": base["artifact_bytes"] / foot["artifact_bytes"],
-            "macs_ratio": base["macs"] / max(1, foot["macs"]),
-            "latency_ms": foot.get("latency_ms"),
-            "runtime": foot.get("runtime"),
-            "techniques": best.get("techniques"),
-            "recipe": best.get("recipe"),
-        }
-        base_b1 = (base.get("latency_ms") or {}).get("batch_1")
-        best_b1 = (foot.get("latency_ms") or {}).get("batch_1")
-        if base_b1 and best_b1:
-            row["best"]["latency_b1_speedup"] = base_b1 / best_b1
+        row["best"] = {k: best.get(k) for k in keys}
+        row["best"].update(
+            name=best["name"],
+            drop_points=round(100 * (base["metric"] - best["metric"]), 3),
+            size_ratio=best.get("size_ratio"),
+            macs_ratio=best.get("macs_ratio"),
+            techniques=best.get("techniques"),
+            recipe=best.get("recipe"),
+        )
+        deployed = best.get("deployed")
+        if deployed:
+            row["best"]["deployed"] = {k: deployed.get(k) for k in keys}
+            row["best"]["deployed_speedup_vs_ort_fp32"] = best.get("deployed_speedup")
+            reference = best.get("deployed_reference") or {}
+            row["baseline"]["deployed_fp32"] = {k: reference.get(k) for k in keys}
     row["met"] = best is not None
+    row["candidates_evaluated"] = len(results["candidates"])
     row["notes"] = results.get("notes", [])
     return row
 
@@ -68,7 +67,15 @@ def main() -> None:
     parser.add_argument("--task", default="fashion-resnet")
     parser.add_argument("--objective", choices=("size", "latency", "macs"), default="latency")
     parser.add_argument("--out", type=Path, help="results file (default by objective)")
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        help="only summarize an existing results.json of such a run (no run, no timing)",
+    )
     args = parser.parse_args()
+    if args.summarize is not None:
+        print(json.dumps(summary(json.loads(args.summarize.read_text())), indent=2))
+        return
     folder = Path("out") / "bench-fashion" / args.objective
     command = [
         str(Path(sys.executable).parent / "torchslim"),

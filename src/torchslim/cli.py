@@ -232,8 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="grid of one technique, e.g. codebook_quant=8,4,3 (repeatable)",
     )
     limit = optimize.add_mutually_exclusive_group()
-    limit.add_argument("--trials", type=int, help="verifications (greedy) or study trials")
-    limit.add_argument("--time-limit", type=float, help="seconds for the search")
+    limit.add_argument(
+        "--trials",
+        type=int,
+        help="verifications (greedy) or study trials (default 12 / 30, fewer on large tasks)",
+    )
+    limit.add_argument(
+        "--time-limit",
+        type=float,
+        help="seconds after which no new candidate is verified (default 1500 without --trials)",
+    )
     optimize.add_argument("--storage", help="sqlite:///study.db or any SQLAlchemy URL")
     optimize.add_argument("--study", help="study name (shared by workers; resumable)")
     optimize.add_argument(

@@ -13,6 +13,11 @@ trained on (one epoch = MACs x training samples).
 - Sensitivity: each point recovers one epoch when all points together fit in
   :data:`PROBE_MAC_SAMPLES`; otherwise points are measured right after compressing and
   their cost is predicted from the loss (what ``--sensitivity-epochs 0`` does).
+- Verifications (greedy) / trials (Optuna): 12 / 30, fewer when the recoveries would not
+  fit in :data:`SEARCH_MAC_SAMPLES` (at least 4 / 10).
+- Time: without ``--trials`` and ``--time-limit`` the search starts no new verification
+  after :data:`DEFAULT_TIME_LIMIT` seconds from the start (a safety net for slow or busy
+  machines; the answer is the best candidate verified by then).
 
 Built-in tasks (recovery epochs, epoch-based value in brackets; probe epochs): mnist1d-cnn
 and digits-mlp 20 (20), 1 -- unchanged; digits32-vgg 1 (7), 0; digits32-resnet 5 (10), 0;
@@ -28,6 +33,12 @@ from dataclasses import dataclass
 RECOVERY_MAC_SAMPLES = 8e10
 """Compute of one verification's recovery (forward MACs x samples): three epochs of
 fashion-lenet5 (55 k images x 0.42 M MACs = 2.3e10 each), five of digits32-resnet."""
+SEARCH_MAC_SAMPLES = 1e12
+"""Compute of all verifications' recoveries together: 7 one-epoch recoveries of
+fashion-resnet (1.3e11 each), 4 of digits32-vgg (2.5e11)."""
+DEFAULT_TIME_LIMIT = 1500.0
+"""Seconds after which a search given neither trials nor a time limit starts no new
+verification (25 minutes, so a default run answers within 30 on 2 cores)."""
 PROBE_MAC_SAMPLES = 4e11
 """Compute of all sensitivity points' recovery together: mnist1d-cnn (1.1e8 per epoch)
 fits thousands of points, fashion-lenet5 (2.3e10) 17, fashion-resnet (1.3e11) 3."""
@@ -40,6 +51,7 @@ class TrainingDefaults:
     Attributes:
         recovery_epochs: recovery of each verified candidate.
         sensitivity_epochs: recovery before each sensitivity point.
+        verifications: greedy verifications (Optuna: :attr:`study_trials`).
         epoch_mac_samples: forward MACs of one training epoch of the baseline.
         capped: the compute bound lowered a value (the notes say so).
     """
@@ -48,18 +60,25 @@ class TrainingDefaults:
     sensitivity_epochs: int
     epoch_mac_samples: float
     capped: bool
+    verifications: int = 12
+
+    @property
+    def study_trials(self) -> int:
+        """Default finished trials of an Optuna study (30, scaled like the verifications)."""
+        return max(10, round(30 * self.verifications / 12))
 
     def note(self) -> str:
         """One line for the report's notes."""
         text = (
             f"default training: one epoch = {self.epoch_mac_samples:.2g} MAC-samples; "
             f"recovery {self.recovery_epochs} epoch(s), sensitivity points after "
-            f"{self.sensitivity_epochs} epoch(s)"
+            f"{self.sensitivity_epochs} epoch(s), {self.verifications} greedy verifications "
+            f"({self.study_trials} study trials)"
         )
         if self.capped:
             text += (
                 " (bounded in compute so the default search ends; pass --recovery-epochs / "
-                "--sensitivity-epochs for a longer search)"
+                "--sensitivity-epochs / --trials for a longer search)"
             )
         return text
 
@@ -80,4 +99,11 @@ def training_defaults(
     fit = int(RECOVERY_MAC_SAMPLES // epoch) if epoch > 0 else wanted
     recovery = max(1, min(wanted, fit))
     probe = 1 if epoch * max(points, 1) <= PROBE_MAC_SAMPLES else 0
-    return TrainingDefaults(recovery, probe, epoch, recovery < wanted or probe == 0)
+    per_verification = recovery * epoch
+    verifications = (
+        12
+        if per_verification <= 0
+        else max(4, min(12, int(SEARCH_MAC_SAMPLES // per_verification)))
+    )
+    capped = recovery < wanted or probe == 0 or verifications < 12
+    return TrainingDefaults(recovery, probe, epoch, capped, verifications)

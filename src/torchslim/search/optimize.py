@@ -26,7 +26,7 @@ from torchslim.pipeline import run_recipe
 from torchslim.recipe import Recipe
 from torchslim.report.results import Candidate, Report
 from torchslim.search.budget import Budget, Objective
-from torchslim.search.defaults import TrainingDefaults, training_defaults
+from torchslim.search.defaults import DEFAULT_TIME_LIMIT, TrainingDefaults, training_defaults
 from torchslim.search.evaluate import Evaluator, Record
 from torchslim.search.greedy import allocate, greedy_search
 from torchslim.search.sensitivity import Curves, sensitivity
@@ -134,8 +134,10 @@ def optimize(
             channel_pruning; latency -> channel_pruning, plus static_quant on onnxruntime).
         ranges: per-technique grids, e.g. ``{"codebook_quant": [8, 4, 3]}``.
         trials: greedy verifications / finished Optuna trials in the study (a resumed
-            study continues up to this count); default 12 (greedy) or 30 (optuna).
-        time_limit: seconds for the search phase.
+            study continues up to this count); default 12 (greedy) or 30 (optuna), fewer
+            on large tasks (:mod:`torchslim.search.defaults`).
+        time_limit: seconds from the start after which no new candidate is verified
+            (default: 25 minutes when ``trials`` is not given either, else none).
         storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL
             (``postgresql://``: psycopg 3, the ``postgres`` extra). Many processes with
             the same storage and study share the trials; with a shared ``out`` one of
@@ -238,6 +240,9 @@ def optimize(
         recovery_lr=recovery_lr,
         margin=margin,
     )
+    default_time = time_limit is None and trials is None
+    if default_time:
+        time_limit = DEFAULT_TIME_LIMIT
     deadline = start + time_limit if time_limit is not None else math.inf
     notes = [
         f"budget: at most {budget.max_drop:g} point(s) {budget.drop_type} drop of "
@@ -255,10 +260,17 @@ def optimize(
     ]
     if small_budget:
         notes.append(f"warning: {small_budget}")
-    if recovery_epochs is None or sensitivity_epochs is None:
+    if recovery_epochs is None or sensitivity_epochs is None or trials is None:
         notes.append(defaults.note())
+    if default_time:
+        notes.append(
+            f"default time limit: no new verification after {DEFAULT_TIME_LIMIT / 60:g} "
+            "minutes from the start (--time-limit / --trials to change)"
+        )
     if strategy == "greedy":
-        records = greedy_search(evaluator, curves, base_val_metric, trials or 12, deadline)
+        records = greedy_search(
+            evaluator, curves, base_val_metric, trials or defaults.verifications, deadline
+        )
     else:
         from torchslim.search.optuna_search import (
             claim_answer,
@@ -307,7 +319,9 @@ def optimize(
                 keys.add(allocation_key(allocation))
                 seeds.append(allocation)
         remaining = None if time_limit is None else max(1.0, deadline - time.monotonic())
-        run_study(study_obj, evaluator, trials or 30, remaining, seeds, multi_objective)
+        run_study(
+            study_obj, evaluator, trials or defaults.study_trials, remaining, seeds, multi_objective
+        )
         records = study_records(study_obj)
         notes.append(f"study {study_obj.study_name!r}: {len(study_obj.trials)} trial(s) in storage")
         counts = trials_per_worker(study_obj)
