@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
+from torchslim.structure import build_module, describe_module, register_module_type
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -325,3 +326,24 @@ register_knob(
         default_for=("size",),
     )
 )
+
+
+# ------------------------------------------------------------------ checkpoint structure
+
+
+def _describe_codebook(module: nn.Module) -> dict[str, Any] | None:
+    assert isinstance(module, CodebookLayer)
+    inner = describe_module(module.module)
+    if inner is None:
+        return None
+    return {"module": inner, "bits": int(module.bits), "centroids": int(module.centroids.numel())}
+
+
+def _build_codebook(args: dict[str, Any]) -> nn.Module:
+    inner = build_module(args["module"])
+    shape = tuple(inner.weight.shape)  # type: ignore[union-attr]
+    codes = torch.zeros(shape, dtype=torch.uint8)
+    return CodebookLayer(inner, torch.zeros(int(args["centroids"])), codes, int(args["bits"]))
+
+
+register_module_type(CodebookLayer, _describe_codebook, _build_codebook)
