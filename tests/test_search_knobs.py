@@ -117,3 +117,25 @@ def test_cost_model_of_factorization_and_int8_by_hand(tiny) -> None:
 def test_unknown_knob_in_an_allocation_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="'pruning_magic' cannot be optimized"):
         build_recipe({"pruning_magic": {"0": 0.5}})
+
+
+def test_coupling_probe_falls_back_only_on_a_refusal(tiny, monkeypatch) -> None:
+    from torchslim.errors import UnsupportedError
+    from torchslim.techniques.base import HANDLERS
+    from torchslim.techniques.channels import ChannelPruning
+
+    task, base = tiny
+
+    def refuse(model, config, context):
+        raise UnsupportedError("this group cannot be pruned")
+
+    monkeypatch.setitem(HANDLERS, ChannelPruning, refuse)
+    space = build_space(base, task, ["channel_pruning"])
+    assert space.data["channel_pruning"] == {"0": {"0": 1.0}}  # its own outputs only
+
+    def broken(model, config, context):
+        raise RuntimeError("a bug in the pruner")
+
+    monkeypatch.setitem(HANDLERS, ChannelPruning, broken)
+    with pytest.raises(RuntimeError, match="a bug in the pruner"):  # not a silent cost guess
+        build_space(base, task, ["channel_pruning"])
