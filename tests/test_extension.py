@@ -105,6 +105,11 @@ def test_optimizer_searches_saves_reloads_and_reports_it(tmp_path) -> None:
     names = {c["name"]: c for c in data["candidates"]}
     assert names["best"]["techniques"] == [ext.NAME]
     assert list(names["best"]["recipe"]["steps"][0]) == [ext.NAME]
+    # codes in buffers count as the weights they stand for: bytes shrink, parameters do not
+    assert names["best"]["params"] == data["baseline"]["params"] == 352 + 35
+    assert names["best"]["size_ratio"] == pytest.approx(
+        data["baseline"]["artifact_bytes"] / names["best"]["artifact_bytes"]
+    )
     # the artifact: int8 codes + one fp32 scale per layer + fp32 biases, by hand; the
     # blobs stay separable with every weight a power of two, so both layers convert
     path = best.footprint.artifact
