@@ -133,8 +133,12 @@ def run_uniform(
     from torchslim.measure import count_macs
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import Recipe
-    from torchslim.search.space import CHANNEL_IMPORTANCE
-    from torchslim.techniques.channels import ChannelPruning, example_inputs, ratio_for_macs
+    from torchslim.techniques.channels import (
+        SEARCH_IMPORTANCE,
+        ChannelPruning,
+        example_inputs,
+        ratio_for_macs,
+    )
     from torchslim.techniques.distillation import Distill
     from torchslim.techniques.recovery import FineTune
 
@@ -145,7 +149,7 @@ def run_uniform(
     lr = evaluator_settings.get("recovery_lr")
     recovery = evaluator_settings.get("recovery", "distill")
     rows = []
-    for importance in dict.fromkeys((CHANNEL_IMPORTANCE, "l2")):
+    for importance in dict.fromkeys((SEARCH_IMPORTANCE, "l2")):
         config = ChannelPruning(importance=importance, mode="layer")
         ratio = ratio_for_macs(base, config, task, macs_target)
         step = (

@@ -41,7 +41,7 @@ def test_size_cost_of_the_table_matches_the_artifact(tiny, tmp_path):
     task, model = tiny
     space = build_space(model, task, ["codebook_quant", "embedding_quant"])
     assert space.layers["embedding_quant"] == [GLOBAL]
-    rows, columns = space.embedding
+    rows, columns = space.data["embedding_quant"]
     table = model.backbone.embeddings.word_embeddings.weight
     assert (rows, columns) == tuple(table.shape)
     off = {"embedding_quant": {GLOBAL: 32}}

@@ -118,8 +118,10 @@ def test_cost_model_counts_the_inputs_a_channel_cut_removes_downstream() -> None
     base = task.baseline(progress=False)
     space = build_space(base, task, ["channel_pruning", "magnitude_pruning"])
     assert space.layers["channel_pruning"] == ["0"]  # the output layer keeps its classes
-    assert space.couplings["0"]["0"] == pytest.approx(1.0)
-    assert space.couplings["0"]["2"] == pytest.approx(1.0)  # its 32 inputs go with them
+    assert space.data["channel_pruning"]["0"]["0"] == pytest.approx(1.0)
+    assert space.data["channel_pruning"]["0"]["2"] == pytest.approx(
+        1.0
+    )  # its 32 inputs go with them
     dense = {"channel_pruning": {"0": 0.0}, "magnitude_pruning": {"0": 0.0, "2": 0.0}}
     half = {"channel_pruning": {"0": 0.5}, "magnitude_pruning": {"0": 0.0, "2": 0.0}}
     weights = (8 * 32 + 32 * 3) * 32
@@ -139,7 +141,7 @@ def test_recipe_follows_the_pipeline_order_and_reaches_factorized_layers() -> No
         "magnitude_pruning": {"0": 0.5, "2": 0.0},
         "codebook_quant": {"0": 4, "2": 6},
     }
-    recipe = build_recipe(allocation, recovery_epochs=1, codebook_epochs=1, recovery="distill")
+    recipe = build_recipe(allocation, recovery_epochs=1, tuning_epochs=1, recovery="distill")
     names = [step.name for step in recipe.steps]
     assert names == ["channel_pruning", "svd", "magnitude_pruning", "distill", "codebook_quant"]
     model = apply_recipe(recipe, task, base, "val").model

@@ -1,13 +1,19 @@
 """Module shapes as JSON, so that a structurally pruned model reloads without pickling.
 
-Channel pruning changes layer widths. A checkpoint stores, under ``spec["structure"]``,
-the constructor arguments of every module whose shape differs from the architecture that
-``spec["arch"]`` builds; loading builds that architecture and swaps in empty modules of the
-recorded shapes before the weights are read.
+Channel pruning changes layer widths; other techniques replace layers by modules of their
+own. A checkpoint stores, under ``spec["structure"]``, the constructor arguments of every
+module whose shape or type differs from the original architecture; loading builds that
+architecture and swaps in empty modules of the recorded shapes before the weights are read.
+
+torch's layers are described here; a technique registers its own module types
+(:func:`register_module_type`: a describe and a build function) in its own module, so this
+module imports no technique.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,61 +37,65 @@ _TYPES: dict[str, type[nn.Module]] = {
 }
 
 
-def _head_pruned() -> type[nn.Module]:
-    from torchslim.techniques.heads import HeadPrunedAttention  # lazy: avoids an import cycle
-
-    return HeadPrunedAttention
-
-
 _SIMPLE: dict[str, type[nn.Module]] = {
     cls.__name__: cls
     for cls in (nn.Identity, nn.Flatten, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 }
 
 
-def _describe_wrapper(module: nn.Module) -> dict[str, Any] | None:
-    """Quantization wrappers (fake-quant, codebook) and parameter-free layers, or None."""
-    from torchslim.techniques.codebook import CodebookLayer  # lazy: avoids an import cycle
-    from torchslim.techniques.fake_quant import QuantizedLayer
+@dataclass(frozen=True)
+class ModuleType:
+    """How a technique's own module type is written to JSON and rebuilt (empty) from it.
 
-    if isinstance(module, QuantizedLayer):
-        inner = describe_module(module.module)
-        if inner is None:
-            return None
-        wq, iq = module.weight_quant, module.input_quant
-        return {
-            "type": "QuantizedLayer",
-            "module": inner,
-            "enabled": bool(module.enabled),
-            "weight": {
-                "bits": wq.bits,
-                "symmetric": bool(wq.symmetric),
-                "per_channel": wq.axis == 0,
-                "channels": int(wq.scale.numel()),
-                "observer": wq.observer,
-                "percentile": float(wq.percentile),
-                "reduce_range": bool(wq.reduce_range),
-            },
-            "input": None
-            if iq is None
-            else {
-                "bits": iq.bits,
-                "symmetric": bool(iq.symmetric),
-                "observer": iq.observer_name,
-                "percentile": float(iq.percentile),
-                "mode": iq.mode,
-            },
-        }
-    if isinstance(module, CodebookLayer):
-        inner = describe_module(module.module)
-        if inner is None:
-            return None
-        return {
-            "type": "CodebookLayer",
-            "module": inner,
-            "bits": int(module.bits),
-            "centroids": int(module.centroids.numel()),
-        }
+    Attributes:
+        cls: the module class (matched with ``isinstance``, in registration order).
+        describe: ``module -> constructor arguments`` as JSON values, without ``"type"``
+            (None: this instance cannot be described, e.g. its inner layer cannot).
+        build: ``arguments -> an empty module`` of that shape (weights are loaded after);
+            a KeyError / TypeError / ValueError becomes a CheckpointError.
+        replaces: the module replaces one of another type (head pruning replaces
+            ``nn.MultiheadAttention``): :func:`structure_diff` records it.
+    """
+
+    cls: type[nn.Module]
+    describe: Callable[[nn.Module], dict[str, Any] | None]
+    build: Callable[[dict[str, Any]], nn.Module]
+    replaces: bool = False
+
+
+MODULE_TYPES: dict[str, ModuleType] = {}
+"""Module types registered by techniques, by their JSON ``"type"`` name."""
+
+
+def register_module_type(
+    cls: type[nn.Module],
+    describe: Callable[[nn.Module], dict[str, Any] | None],
+    build: Callable[[dict[str, Any]], nn.Module],
+    *,
+    name: str | None = None,
+    replaces: bool = False,
+) -> None:
+    """Let checkpoints record and rebuild a technique's module type (called at import).
+
+    Args:
+        cls: the module class; name: its JSON ``"type"`` (default: the class name).
+        describe, build, replaces: see :class:`ModuleType`.
+    """
+    key = name or cls.__name__
+    if key in _TYPES or key in _SIMPLE:
+        raise TypeError(f"module type {key!r} is built into torchslim.structure")
+    MODULE_TYPES[key] = ModuleType(cls, describe, build, replaces)
+
+
+def _registered(module: nn.Module) -> tuple[str, ModuleType] | None:
+    for key, entry in MODULE_TYPES.items():
+        if isinstance(module, entry.cls):
+            return key, entry
+    return None
+
+
+def _describe_simple(module: nn.Module) -> dict[str, Any] | None:
+    """Parameter-free layers (a folded BatchNorm's Identity, flatten, pooling), or None."""
     if type(module) in _SIMPLE.values():
         description: dict[str, Any] = {"type": type(module).__name__}
         if isinstance(module, nn.Flatten):
@@ -97,46 +107,7 @@ def _describe_wrapper(module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def _build_wrapper(kind: str, args: dict[str, Any]) -> nn.Module:
-    from torchslim.techniques.codebook import CodebookLayer
-    from torchslim.techniques.fake_quant import ActQuantizer, QuantizedLayer, WeightQuantizer
-
-    if kind == "CodebookLayer":
-        inner = build_module(args["module"])
-        shape = tuple(inner.weight.shape)  # type: ignore[union-attr]
-        count = int(args["centroids"])
-        return CodebookLayer(
-            inner, torch.zeros(count), torch.zeros(shape, dtype=torch.uint8), int(args["bits"])
-        )
-    if kind == "QuantizedLayer":
-        inner = build_module(args["module"])
-        w = args["weight"]
-        weight_quant = WeightQuantizer(
-            int(w["bits"]),
-            bool(w["symmetric"]),
-            bool(w["per_channel"]),
-            int(w["channels"]),
-            observer=str(w["observer"]),
-            percentile=float(w["percentile"]),
-            reduce_range=bool(w["reduce_range"]),
-        )
-        i = args.get("input")
-        input_quant = None
-        if i is not None:
-            mode = str(i["mode"])
-            if mode not in ("off", "calibrate", "qat", "quant", "dynamic"):
-                raise CheckpointError(f"checkpoint structure names quantizer mode {mode!r}")
-            input_quant = ActQuantizer(
-                int(i["bits"]),
-                bool(i["symmetric"]),
-                observer=str(i["observer"]),
-                percentile=float(i["percentile"]),
-                dynamic=mode == "dynamic",
-            )
-            input_quant.mode = mode
-        layer = QuantizedLayer(inner, weight_quant, input_quant)
-        layer.enabled = bool(args.get("enabled", True))
-        return layer
+def _build_simple(kind: str, args: dict[str, Any]) -> nn.Module:
     cls = _SIMPLE[kind]
     if "output_size" in args and isinstance(args["output_size"], list):
         args["output_size"] = tuple(args["output_size"])
@@ -144,20 +115,19 @@ def _build_wrapper(kind: str, args: dict[str, Any]) -> nn.Module:
 
 
 def describe_module(module: nn.Module) -> dict[str, Any] | None:
-    """Constructor arguments of a supported module as JSON values (None if unsupported)."""
-    wrapped = _describe_wrapper(module)
-    if wrapped is not None:
-        return wrapped
-    if isinstance(module, _head_pruned()):
-        return {
-            "type": "HeadPrunedAttention",
-            "embed_dim": module.embed_dim,
-            "num_heads": module.num_heads,
-            "head_dim": module.head_dim,
-            "bias": module.has_bias,
-            "batch_first": module.batch_first,
-            "dropout": module.dropout,
-        }
+    """Constructor arguments of a supported module as JSON values (None if unsupported).
+
+    Supported: the registered module types (:func:`register_module_type`), torch's
+    Conv / Linear / norm / Embedding / MultiheadAttention layers and parameter-free layers.
+    """
+    registered = _registered(module)
+    if registered is not None:
+        key, entry = registered
+        args = entry.describe(module)
+        return None if args is None else {"type": key, **args}
+    simple = _describe_simple(module)
+    if simple is not None:
+        return simple
     kinds = [name for name, cls in _TYPES.items() if isinstance(module, cls)]
     if not kinds:
         return None
@@ -230,11 +200,11 @@ def build_module(description: dict[str, Any]) -> nn.Module:
     """An empty module from :func:`describe_module`'s output."""
     args = dict(description)
     kind = args.pop("type", None)
-    if kind == "HeadPrunedAttention":
-        return _head_pruned()(**args)
-    if kind in ("QuantizedLayer", "CodebookLayer", *_SIMPLE):
+    if kind in MODULE_TYPES or kind in _SIMPLE:
         try:
-            return _build_wrapper(str(kind), args)
+            if kind in _SIMPLE:
+                return _build_simple(str(kind), args)
+            return MODULE_TYPES[str(kind)].build(args)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"checkpoint structure describes a {kind} it cannot build ({exc}); "
@@ -243,7 +213,7 @@ def build_module(description: dict[str, Any]) -> nn.Module:
     if kind not in _TYPES:
         raise CheckpointError(
             f"checkpoint structure names module type {kind!r}, which cannot be rebuilt; "
-            f"supported: {', '.join(sorted([*_TYPES, *_SIMPLE]))}, QuantizedLayer, CodebookLayer"
+            f"supported: {', '.join(sorted([*_TYPES, *_SIMPLE, *MODULE_TYPES]))}"
         )
     if kind == "MultiheadAttention":
         embed_dim = args["embed_dim"]
@@ -287,8 +257,9 @@ def structure_diff(model: nn.Module, reference: nn.Module) -> dict[str, dict[str
             continue
         mine, theirs = describe_module(module), describe_module(other)
         if type(other) is not type(module):
-            if isinstance(module, _head_pruned()):  # head pruning replaced the module
-                changed[name] = mine  # type: ignore[assignment]
+            registered = _registered(module)
+            if registered is not None and registered[1].replaces and mine is not None:
+                changed[name] = mine  # e.g. head pruning replaced the attention module
             continue
         if mine is None:
             shapes = [tuple(p.shape) for p in module.parameters(recurse=False)]

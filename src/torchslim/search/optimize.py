@@ -30,12 +30,7 @@ from torchslim.search.defaults import DEFAULT_TIME_LIMIT, TrainingDefaults, trai
 from torchslim.search.evaluate import Evaluator, Record
 from torchslim.search.greedy import allocate, greedy_search
 from torchslim.search.sensitivity import Curves, sensitivity
-from torchslim.search.space import (
-    TRANSFORMER_SIZE_KNOBS,
-    allocation_key,
-    build_space,
-    default_knobs,
-)
+from torchslim.search.space import allocation_key, build_space, default_knobs
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +196,7 @@ def optimize(
         # a transformer encoder: int8 Linears (per-channel, dynamic inputs) and the token
         # table, often half the model; on MiniLM-L6 a whole-matrix codebook is far behind
         # per-channel int8 (8 bits: cosine 0.9953 vs 0.9974)
-        knobs = TRANSFORMER_SIZE_KNOBS
+        knobs = default_knobs(goal.kind, goal.runtime, embedding=True)
     if techniques is None and "channel_pruning" in knobs and goal.kind == "size":
         try:
             space = build_space(base, task, knobs, ranges)

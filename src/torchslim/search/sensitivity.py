@@ -2,7 +2,8 @@
 
 Each (knob, layer) is compressed alone and the task's metric is measured on the
 validation split, either right away (``recovery_epochs=0``) or after a short recovery
-(a few epochs of fine-tuning / distillation; codebook centroids get the same epochs),
+(a few epochs of fine-tuning / distillation; a technique's own fine-tuning gets the
+same epochs),
 which predicts far better what a layer costs once the final recipe has recovered:
 without it a 20 % channel cut of one layer can look like a 50-point loss.
 
@@ -32,15 +33,9 @@ from torchslim.checkpoint import write_text_atomic
 from torchslim.data import default_cache_dir
 from torchslim.errors import TorchslimError
 from torchslim.progress import progress_bar
-from torchslim.search.space import (
-    CHANNEL_IMPORTANCE,
-    IDENTITY,
-    Space,
-    build_recipe,
-    recovery_kd,
-    recovery_step,
-)
+from torchslim.search.space import Space, build_recipe, knob_of, recovery_kd, recovery_step
 from torchslim.techniques.base import ApplyContext, apply
+from torchslim.techniques.knobs import pipeline_order
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +63,9 @@ def cache_file(
         "grids": {k: list(v) for k, v in space.grids.items()},
         "layers": space.layers,
         "split": split,
-        "channel_importance": CHANNEL_IMPORTANCE,
     }
+    for knob in pipeline_order():  # settings of the knobs' steps the curves depend on
+        key.update(knob.cache_key)
     if recovery:
         key["recovery"] = recovery
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -95,7 +91,7 @@ def sensitivity(
     loss over the reference; ``reference`` the reference's metric (the baseline's without
     recovery).
 
-    Whole-model knobs (``static_quant``) get one curve under the layer ``"*"``. A setting
+    Whole-model knobs get one curve under the layer ``"*"``. A setting
     that a technique refuses for a layer (e.g. an unsupported shape) is measured as the
     metric of the uncompressed model and logged.
 
@@ -156,15 +152,16 @@ def _reference(
     split: str,
     settings: dict[str, Any] | None,
 ) -> tuple[float, float]:
-    """(metric, loss) of the uncompressed baseline after the recovery ``knob``'s points get."""
-    from torchslim.techniques.codebook import CodebookQuant
-    from torchslim.techniques.recovery import FineTune
-
-    if not settings or knob == "static_quant":
+    """(metric, loss) of the uncompressed baseline after the recovery ``knob``'s points get
+    (``Knob.reference``: its own, none, or by default the recipe's recovery step)."""
+    if not settings:
         return base
     epochs = settings["epochs"]
-    if knob == "codebook_quant":  # its centroid fine-tuning: the task loss at its own lr
-        step: Any = FineTune(epochs=epochs, lr=CodebookQuant().lr)
+    reference = knob_of(knob).reference
+    if reference is not None:
+        step: Any = reference(epochs)
+        if step is None:
+            return base
     else:
         step = recovery_step(settings["kind"], epochs, settings["lr"], settings.get("kd"))
     with torch.random.fork_rng(devices=[]):
@@ -182,13 +179,14 @@ def _measure_one(
     split: str,
     settings: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
-    if knob in IDENTITY and value == IDENTITY[knob]:
+    identity = knob_of(knob).identity
+    if identity is not None and value == identity:
         return base
     if settings:
         recipe = build_recipe(
             {knob: {layer: value}},
             recovery_epochs=settings["epochs"],
-            codebook_epochs=settings["epochs"],
+            tuning_epochs=settings["epochs"],
             recovery=settings["kind"],
             recovery_lr=settings["lr"],
             kd=settings.get("kd"),

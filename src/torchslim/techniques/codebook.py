@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
+from torchslim.structure import build_module, describe_module, register_module_type
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -40,6 +42,7 @@ from torchslim.techniques.fake_quant import (
     layer_bits,
     set_module,
 )
+from torchslim.techniques.knobs import Knob, LayerCost, StepContext, register_knob
 from torchslim.techniques.pruning import make_permanent
 from torchslim.techniques.quant_math import check_bits, sqnr
 
@@ -276,3 +279,71 @@ def _codebook(model: nn.Module, config: CodebookQuant, context: ApplyContext) ->
         train_seconds=seconds,
     )
     return model.eval()
+
+
+# ------------------------------------------------------------------ search knob
+
+
+def _codebook_steps(values: Any, context: StepContext) -> list[TechniqueConfig]:
+    if not values:
+        return []
+    return [
+        CodebookQuant(
+            bits=8,
+            epochs=context.tuning_epochs,
+            layer_bits=tuple((context.scope_of(layer), int(v)) for layer, v in values.items()),
+            scope=Scope(include=tuple(context.scope_of(layer) for layer in values)),
+        )
+    ]
+
+
+def _codebook_cost(values: Any, layer: str, cost: LayerCost, data: Any) -> None:
+    if layer in values:
+        cost.weight_bits = values[layer]
+        cost.bias_bits = 16  # the packed artifact stores a shared layer's biases in fp16
+
+
+def _codebook_reference(epochs: int) -> TechniqueConfig:
+    """Its centroid fine-tuning: the task loss at the technique's own lr."""
+    from torchslim.techniques.recovery import FineTune
+
+    return FineTune(epochs=epochs, lr=CodebookQuant().lr)
+
+
+register_knob(
+    Knob(
+        name=CodebookQuant.name,
+        grid=(8, 6, 5, 4, 3, 2),
+        rule="bits must be integers in [2, 8]",
+        valid=lambda value: value == int(value) and 2 <= value <= 8,
+        steps=_codebook_steps,
+        descending=True,
+        integer=True,
+        order=60,
+        layer_cost=_codebook_cost,
+        exclusive="Linear layers",
+        reference=_codebook_reference,
+        default_for=("size",),
+    )
+)
+
+
+# ------------------------------------------------------------------ checkpoint structure
+
+
+def _describe_codebook(module: nn.Module) -> dict[str, Any] | None:
+    assert isinstance(module, CodebookLayer)
+    inner = describe_module(module.module)
+    if inner is None:
+        return None
+    return {"module": inner, "bits": int(module.bits), "centroids": int(module.centroids.numel())}
+
+
+def _build_codebook(args: dict[str, Any]) -> nn.Module:
+    inner = build_module(args["module"])
+    shape = tuple(inner.weight.shape)  # type: ignore[union-attr]
+    codes = torch.zeros(shape, dtype=torch.uint8)
+    return CodebookLayer(inner, torch.zeros(int(args["centroids"])), codes, int(args["bits"]))
+
+
+register_module_type(CodebookLayer, _describe_codebook, _build_codebook)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.errors import CheckpointError
+from torchslim.structure import build_module, describe_module, register_module_type
 from torchslim.techniques.quant_math import (
     compute_qparams,
     dequantize,
@@ -353,3 +355,70 @@ def layer_bits(name: str, module: nn.Module, default: int, overrides: Any) -> in
         if Scope._matches(entry, name, module):
             bits = value
     return bits
+
+
+# ------------------------------------------------------------------ checkpoint structure
+
+
+def _describe_quantized(module: nn.Module) -> dict[str, Any] | None:
+    assert isinstance(module, QuantizedLayer)
+    inner = describe_module(module.module)
+    if inner is None:
+        return None
+    wq, iq = module.weight_quant, module.input_quant
+    return {
+        "module": inner,
+        "enabled": bool(module.enabled),
+        "weight": {
+            "bits": wq.bits,
+            "symmetric": bool(wq.symmetric),
+            "per_channel": wq.axis == 0,
+            "channels": int(wq.scale.numel()),
+            "observer": wq.observer,
+            "percentile": float(wq.percentile),
+            "reduce_range": bool(wq.reduce_range),
+        },
+        "input": None
+        if iq is None
+        else {
+            "bits": iq.bits,
+            "symmetric": bool(iq.symmetric),
+            "observer": iq.observer_name,
+            "percentile": float(iq.percentile),
+            "mode": iq.mode,
+        },
+    }
+
+
+def _build_quantized(args: dict[str, Any]) -> nn.Module:
+    inner = build_module(args["module"])
+    w = args["weight"]
+    weight_quant = WeightQuantizer(
+        int(w["bits"]),
+        bool(w["symmetric"]),
+        bool(w["per_channel"]),
+        int(w["channels"]),
+        observer=str(w["observer"]),
+        percentile=float(w["percentile"]),
+        reduce_range=bool(w["reduce_range"]),
+    )
+    i = args.get("input")
+    input_quant = None
+    if i is not None:
+        mode = str(i["mode"])
+        if mode not in ("off", "calibrate", "qat", "quant", "dynamic"):
+            raise CheckpointError(f"checkpoint structure names quantizer mode {mode!r}")
+        input_quant = ActQuantizer(
+            int(i["bits"]),
+            bool(i["symmetric"]),
+            observer=str(i["observer"]),
+            percentile=float(i["percentile"]),
+            dynamic=mode == "dynamic",
+        )
+        input_quant.mode = mode
+    layer = QuantizedLayer(inner, weight_quant, input_quant)
+    layer.enabled = bool(args.get("enabled", True))
+    return layer
+
+
+register_module_type(QuantizedLayer, _describe_quantized, _build_quantized)

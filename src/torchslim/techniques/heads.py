@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.errors import UnsupportedError
+from torchslim.structure import register_module_type
 
 HEAD_IMPORTANCES = ("l1", "l2", "taylor", "random")
 
@@ -316,3 +317,26 @@ def prune_heads(
         setattr(parent, child, new)
         table.append({"layer": name, "heads_before": module.num_heads, "heads_after": len(keep)})
     return table
+
+
+# ------------------------------------------------------------------ checkpoint structure
+
+
+def _describe_heads(module: nn.Module) -> dict[str, Any]:
+    assert isinstance(module, HeadPrunedAttention)
+    return {
+        "embed_dim": module.embed_dim,
+        "num_heads": module.num_heads,
+        "head_dim": module.head_dim,
+        "bias": module.has_bias,
+        "batch_first": module.batch_first,
+        "dropout": module.dropout,
+    }
+
+
+register_module_type(
+    HeadPrunedAttention,
+    _describe_heads,
+    lambda args: HeadPrunedAttention(**args),
+    replaces=True,  # it takes nn.MultiheadAttention's place
+)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from torchslim.techniques.base import (
     register_config,
     register_handler,
 )
+from torchslim.techniques.knobs import Knob, LayerCost, StepContext, register_knob
 
 SPEC_KEY = "factorized"
 
@@ -532,3 +534,53 @@ def lowrank_io(task: Any, template: nn.Module) -> ArtifactIO:
         return load_checkpoint(path, model=model)[0]
 
     return ArtifactIO(save, load)
+
+
+# ------------------------------------------------------------------ search knob
+
+
+def _svd_layers(model: nn.Module, task: Any, weighted: Any) -> list[str]:
+    """Linear layers but the output layer (which the technique keeps)."""
+    from torchslim.techniques.channels import final_layers
+
+    last = {id(m) for m in final_layers(model, task.inputs(1))}
+    modules = dict(model.named_modules())
+    return [
+        name
+        for name in weighted
+        if isinstance(modules[name], nn.Linear) and id(modules[name]) not in last
+    ]
+
+
+def _svd_steps(values: Any, context: StepContext) -> list[TechniqueConfig]:
+    by_ratio: dict[float, list[str]] = {}
+    for layer, value in values.items():
+        if value < 1:
+            by_ratio.setdefault(float(value), []).append(layer)
+    return [
+        SVDFactorization(ratio=value, scope=Scope(include=tuple(names)))
+        for value, names in sorted(by_ratio.items(), reverse=True)
+    ]
+
+
+def _svd_cost(values: Any, layer: str, cost: LayerCost, data: Any) -> None:
+    cost.kept *= values.get(layer, 1.0)
+
+
+register_knob(
+    Knob(
+        name=SVDFactorization.name,
+        grid=(1.0, 0.7, 0.5, 0.35, 0.25, 0.15),
+        rule="keeps a fraction of each layer's weights in (0, 1]",
+        valid=lambda value: 0 < value <= 1,
+        steps=_svd_steps,
+        identity=1.0,
+        descending=True,
+        order=20,
+        recovered=True,
+        layers=_svd_layers,
+        layer_cost=_svd_cost,
+        # a factorized layer is a chain ``layer.0``, ``layer.1``: later steps act on both
+        renames=lambda layer: f"re:{re.escape(layer)}(\\.\\d+)?",
+    )
+)

@@ -15,7 +15,7 @@ Importance of each weight (higher is kept):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ from torchslim.techniques.base import (
     register_config,
     register_handler,
 )
+from torchslim.techniques.knobs import Knob, LayerCost, StepContext, register_knob
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MODES = ("global", "layer")
@@ -458,3 +459,41 @@ def check_nm(weight: torch.Tensor, n: int, m: int) -> bool:
     """Whether every group of ``m`` along the input dimension has at most ``n`` non-zeros."""
     groups = weight.detach().movedim(1, -1).reshape(-1, m)
     return bool(((groups != 0).sum(dim=1) <= n).all())
+
+
+# ------------------------------------------------------------------ search knob
+
+
+def _sparsity_steps(values: Mapping[str, float], context: StepContext) -> list[TechniqueConfig]:
+    if not any(value > 0 for value in values.values()):
+        return []
+    # overrides scale with sparsity / max: listing every layer at sparsity = max keeps each
+    # layer's own value (0 keeps a layer dense)
+    return [
+        MagnitudePruning(
+            sparsity=max(values.values()),
+            mode="layer",
+            overrides=tuple((context.scope_of(layer), float(v)) for layer, v in values.items()),
+            scope=Scope(include=tuple(context.scope_of(layer) for layer in values)),
+        )
+    ]
+
+
+def _sparsity_cost(values: Mapping[str, float], layer: str, cost: LayerCost, data: Any) -> None:
+    cost.density = 1.0 - values.get(layer, 0.0)
+
+
+register_knob(
+    Knob(
+        name=MagnitudePruning.name,
+        grid=(0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97),
+        rule="ratios must be in [0, 1)",
+        valid=lambda value: 0 <= value < 1,
+        steps=_sparsity_steps,
+        identity=0.0,
+        order=30,
+        recovered=True,
+        layer_cost=_sparsity_cost,
+        default_for=("size",),
+    )
+)

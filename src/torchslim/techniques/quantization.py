@@ -47,6 +47,7 @@ from torchslim.techniques.fake_quant import (
     layer_bits,
     set_module,
 )
+from torchslim.techniques.knobs import GLOBAL, Knob, register_knob, whole_model
 from torchslim.techniques.pruning import make_permanent
 from torchslim.techniques.quant_math import OBSERVERS, check_bits, fake_quantize, qrange, sqnr
 
@@ -639,3 +640,30 @@ def _torchao_int8(model: nn.Module, config: TorchaoInt8, context: ApplyContext) 
         technique=config.name, simulated=False, runtime="inductor"
     )
     return model
+
+
+# ------------------------------------------------------------------ search knob
+
+
+def _static_model_cost(values: Any, total: float, objective: str, data: Any) -> float:
+    if objective != "size" and values.get(GLOBAL):
+        return total / 2.5  # int8 kernels: a rough prior; the search measures the real speedup
+    return total
+
+
+register_knob(
+    Knob(
+        name=StaticQuant.name,
+        grid=(0, 1),
+        rule="takes 0 (off) and/or 1 (int8)",
+        valid=lambda value: value in (0, 1),
+        steps=lambda values, context: [StaticQuant(bits=8)] if values.get(GLOBAL) else [],
+        identity=0,
+        integer=True,
+        order=90,
+        layers=whole_model,
+        model_cost=_static_model_cost,
+        reference=lambda epochs: None,  # measured without recovery, as its recipes run
+        default_for=("latency/onnxruntime",),
+    )
+)
