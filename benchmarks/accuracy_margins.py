@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 import torchslim as ts
-from torchslim.checkpoint import write_text_atomic
 from torchslim.export.packed import packed_io
+from torchslim.fileio import write_text_atomic
 from torchslim.models import build_model
 from torchslim.techniques import apply
 from torchslim.techniques.codebook import CodebookQuant

@@ -43,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCHSLIM_PROGRESS", "0")
 
 from torchslim import tasks  # noqa: E402
+from torchslim.batches import threads_fixed  # noqa: E402
 from torchslim.hf.export import (  # noqa: E402
     OrtEncoder,
     export_onnx,
@@ -55,7 +56,6 @@ from torchslim.hf.metrics import embed, fidelity_stats  # noqa: E402
 from torchslim.hf.quant import EmbeddingQuant, LinearInt8, smooth_linears  # noqa: E402
 from torchslim.hf.structure import calibration_batches  # noqa: E402
 from torchslim.measure import benchmark_latency  # noqa: E402
-from torchslim.task import threads_fixed  # noqa: E402
 from torchslim.techniques import apply  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "transformers.json"

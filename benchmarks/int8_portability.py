@@ -109,7 +109,7 @@ def run_encoder(model_dir: str, folder: Path, texts: int, seq_len: int) -> list[
 
     task = ts.tasks.get("text-embedding", model_dir=model_dir, seq_len=seq_len)
     fp32 = task.build_model().eval()
-    from torchslim.task import split_batch
+    from torchslim.batches import split_batch
 
     batches = [split_batch(b)[0] for b in task.loader("test")]
     inputs = {k: torch.cat([b[k] for b in batches])[:texts] for k in batches[0]}

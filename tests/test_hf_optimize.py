@@ -129,7 +129,7 @@ def test_pipeline_writes_a_transformer_artifact_that_reloads(tiny, tmp_path):
     run = run_recipe(recipe, task, baseline=base, out=tmp_path, latency=False, deploy=False)
     assert run.artifact.name == "best.safetensors"
     assert ts.checkpoint.read_spec(run.artifact)["hf"]["kind"] == "encoder"
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     inputs = task.inputs(4)
     with torch.no_grad():

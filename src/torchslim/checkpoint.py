@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from torchslim.errors import CheckpointError
+from torchslim.fileio import atomic_path
 
 FORMAT = "torchslim.checkpoint/1"
 SPEC_KEY = "torchslim"
@@ -31,31 +30,6 @@ CONVERT_HINT = (
     "torch.load(weights_only=True)); a whole model you trust: load it in your own code and "
     "call torchslim.save_checkpoint(model, 'model.safetensors')"
 )
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only on success."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -312,7 +312,7 @@ def _print_footprint(console: Console, name: str, footprint: Any, layers: bool) 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     """Train or load the baseline, copy its checkpoint to --out, measure it."""
     from torchslim import tasks
-    from torchslim.checkpoint import write_text_atomic
+    from torchslim.fileio import write_text_atomic
     from torchslim.measure import checkpoint_io, measure
 
     task = tasks.get(args.task, data_dir=args.data_dir)

@@ -234,7 +234,7 @@ def stamp_onnx(path: str | Path) -> None:
 
     import onnx
 
-    from torchslim.checkpoint import atomic_path
+    from torchslim.fileio import atomic_path
 
     model = onnx.load(str(path))
     for prop in list(model.metadata_props):

@@ -26,9 +26,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from torchslim.checkpoint import atomic_path, build_from_spec, load_checkpoint, save_checkpoint
+from torchslim.batches import call_model, eval_mode, preserved_modes, threads_fixed
+from torchslim.checkpoint import build_from_spec, load_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task, call_model, eval_mode, preserved_modes, threads_fixed
+from torchslim.fileio import atomic_path
+from torchslim.task import Task
 
 # ------------------------------------------------------------------ counting
 
@@ -135,7 +137,7 @@ _EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_c
 
 
 def _batch_of(inputs: Any) -> int:
-    from torchslim.task import batch_size_of
+    from torchslim.batches import batch_size_of
 
     return max(1, batch_size_of(inputs))
 

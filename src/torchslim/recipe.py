@@ -121,7 +121,7 @@ class Recipe:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the canonical YAML atomically."""
-        from torchslim.checkpoint import write_text_atomic
+        from torchslim.fileio import write_text_atomic
 
         write_text_atomic(path, self.to_yaml())
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from torch import nn
 
+from torchslim.batches import preserved_modes
 from torchslim.checkpoint import read_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task, preserved_modes
+from torchslim.task import Task
 
 FORMATS = ("torch", "onnx", "onnx-int8", "packed")
 SUFFIXES = {

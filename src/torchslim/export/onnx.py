@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
 
 # the sessions live in export/ort.py; these names stay importable from here
@@ -47,6 +46,7 @@ from torchslim.export.ort import (  # noqa: E402,F401
     ort_session,
     session_runner,
 )
+from torchslim.fileio import atomic_path
 from torchslim.hardware import PORTABLE_WEIGHT_BOUND, stamp_onnx
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs

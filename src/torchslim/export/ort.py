@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.fileio import atomic_path
 from torchslim.hardware import warn_if_saturating
 from torchslim.measure import ArtifactIO
 

@@ -37,8 +37,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from torchslim.checkpoint import SPEC_KEY, atomic_path
+from torchslim.checkpoint import SPEC_KEY
 from torchslim.errors import CheckpointError
+from torchslim.fileio import atomic_path
 from torchslim.hardware import spec_record
 from torchslim.techniques.codebook import CodebookLayer
 from torchslim.techniques.fake_quant import QuantizedLayer

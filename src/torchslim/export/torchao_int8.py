@@ -70,7 +70,7 @@ def _inductor(model: nn.Module, example_inputs: Any) -> Any:
     """Time a model compiled with torch.compile (inductor, freezing on), compiled on the inputs."""
     from torch._inductor import config as inductor_config
 
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     model.eval()
     compiled = torch.compile(model, dynamic=False)
@@ -89,7 +89,7 @@ def torchao_io(template: nn.Module) -> Any:
     ``torch.load(weights_only=True)`` (torchao registers its tensor types as safe)."""
     from pathlib import Path
 
-    from torchslim.checkpoint import atomic_path
+    from torchslim.fileio import atomic_path
     from torchslim.measure import ArtifactIO
 
     def save(model: nn.Module, path: Path) -> None:

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchslim.checkpoint import atomic_path
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.export.onnx import OrtSession, session_runner
+from torchslim.fileio import atomic_path
 from torchslim.hardware import stamp_onnx
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
@@ -299,7 +299,7 @@ class OrtEncoder(OrtSession):
 @torch.no_grad()
 def parity(model: nn.Module, onnx_model: OrtEncoder, inputs: dict[str, torch.Tensor]) -> float:
     """Max absolute difference between the torch model and the ONNX model on ``inputs``."""
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     with modes_preserved(model):
         model.eval()

@@ -208,8 +208,8 @@ def input_maxima(
     shape), and grouping by address tied unrelated layers (on MiniLM it changed the scales
     from run to run).
     """
+    from torchslim.batches import call_model, split_batch
     from torchslim.device import on_device
-    from torchslim.task import call_model, split_batch
 
     maxima: dict[str, torch.Tensor] = {}
     probe: dict[str, torch.Tensor] | None = {}

@@ -337,7 +337,7 @@ def taylor_scores(
     Raises:
         ConfigError: no calibration batches.
     """
-    from torchslim.task import call_model, eval_mode, split_batch
+    from torchslim.batches import call_model, eval_mode, split_batch
 
     layers = encoder_layers(model)
     gates = _Gates(layers)
@@ -386,7 +386,7 @@ def activation_scores(
     a neuron's, the mean of ``|a_neuron| · ‖W_2[:, neuron]‖`` (Wanda-style: weights times
     activations). Forward passes only.
     """
-    from torchslim.task import call_model, eval_mode, split_batch
+    from torchslim.batches import call_model, eval_mode, split_batch
 
     layers = encoder_layers(model)
     device = enc_device(layers)

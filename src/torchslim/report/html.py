@@ -215,6 +215,6 @@ fake-quantized models measured in PyTorch; their deployed artifact appears on it
 
 def write_html(report: Report, path: str | os.PathLike[str]) -> None:
     """Write the report page atomically."""
-    from torchslim.checkpoint import write_text_atomic
+    from torchslim.fileio import write_text_atomic
 
     write_text_atomic(path, render_html(report))

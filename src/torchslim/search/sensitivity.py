@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.checkpoint import write_text_atomic
 from torchslim.data import default_cache_dir
 from torchslim.errors import TorchslimError
+from torchslim.fileio import write_text_atomic
 from torchslim.progress import progress_bar
 from torchslim.search.space import (
     CHANNEL_IMPORTANCE,
@@ -210,8 +210,8 @@ def _measure_one(
 @torch.no_grad()
 def split_loss(task: Any, model: nn.Module, split: str) -> float:
     """Mean task loss of ``model`` over one split (model left in its original mode)."""
+    from torchslim.batches import batch_size_of, call_model, split_batch
     from torchslim.device import on_device, to_device
-    from torchslim.task import batch_size_of, call_model, split_batch
 
     mode = model.training
     model.eval()

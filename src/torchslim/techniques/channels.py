@@ -133,7 +133,7 @@ def example_inputs(model: nn.Module, task: Any) -> Any:
 
 def final_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
     """The last Conv/Linear layer to run in a forward pass (the classifier)."""
-    from torchslim.task import call_model, eval_mode
+    from torchslim.batches import call_model, eval_mode
 
     order: list[nn.Module] = []
     hooks = [
@@ -251,8 +251,8 @@ def _accumulate_gradients(model: nn.Module, task: Any, batches: int) -> None:
             "taylor importance needs data: pass task= to apply() (gradients come from "
             "the task's train split)"
         )
+    from torchslim.batches import call_model, eval_mode, split_batch
     from torchslim.device import on_device, to_device
-    from torchslim.task import call_model, eval_mode, split_batch
 
     model.zero_grad(set_to_none=True)
     with on_device(model, task.device), eval_mode(model):  # .grad comes back with the model
@@ -518,7 +518,7 @@ def prune_channels(
 
 def _check_runs(original: nn.Module, pruned: nn.Module, inputs: Any) -> None:
     """Raise UnsupportedError if the pruned model fails or changes its output shape."""
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     with torch.no_grad():
         expected = call_model(original.eval(), inputs).shape

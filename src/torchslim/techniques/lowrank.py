@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.batches import call_model, eval_mode
 from torchslim.checkpoint import build_from_spec, load_checkpoint, read_spec, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
 from torchslim.measure import ArtifactIO
 from torchslim.structure import build_module, describe_module
-from torchslim.task import call_model, eval_mode
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,

@@ -242,8 +242,8 @@ def accumulate_gradients(
 def _accumulate(
     model: nn.Module, layers: Sequence[nn.Module], task: Any, batches: int, taylor: bool
 ) -> list[torch.Tensor]:
+    from torchslim.batches import call_model, split_batch
     from torchslim.device import to_device
-    from torchslim.task import call_model, split_batch
 
     weights = [_weight(layer) for layer in layers]
     scores = [torch.zeros_like(w, dtype=torch.float32) for w in weights]

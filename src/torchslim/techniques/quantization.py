@@ -295,7 +295,7 @@ def calibration_inputs(task: Any, batches: int, technique: str) -> list[Any]:
     Raises:
         ConfigError: no task, or a task without train and validation data.
     """
-    from torchslim.task import split_batch
+    from torchslim.batches import split_batch
 
     if task is None:
         raise ConfigError(
@@ -323,14 +323,14 @@ def calibration_inputs(task: Any, batches: int, technique: str) -> list[Any]:
 
 def run_batch(model: nn.Module, inputs: Any, technique: str) -> torch.Tensor:
     """Forward one calibration batch; a shape the model rejects becomes a clear ShapeError."""
-    from torchslim.task import _describe, call_model
+    from torchslim.batches import call_model, describe_inputs
 
     try:
         return call_model(model, inputs)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShapeError(
-            f"{technique}: calibration data of shape {_describe(inputs)} does not fit the model "
+            f"{technique}: calibration data of shape {describe_inputs(inputs)} does not fit the model "
             f"({first}); calibrate with data shaped like the model's inputs"
         ) from exc
 
@@ -395,7 +395,7 @@ def sqnr_table(
     The second number ranks sensitivity: the lowest are the layers to keep in
     float or give more bits.
     """
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     float_out: dict[str, torch.Tensor] = {}
     quant_out: dict[str, torch.Tensor] = {}
@@ -456,7 +456,7 @@ def _db(value: float) -> float:
 
 
 def _sqnr_inputs(inputs: list[Any], samples: int) -> Any:
-    from torchslim.task import batch_size_of, slice_inputs
+    from torchslim.batches import batch_size_of, slice_inputs
 
     first = inputs[0]
     return slice_inputs(first, min(samples, batch_size_of(first)))
