@@ -89,7 +89,7 @@ def codebook_rows(task: ts.Task, base: torch.nn.Module, seeds: tuple[int, ...]) 
     for seed in seeds:
         tuned = seeded(task, seed)
         four = apply(base, CodebookQuant(bits=4, epochs=4, lr=1e-3), tuned)
-        packed = ts.measure(four, tuned, io=packed_io(four), latency=False).metric
+        packed = ts.measure(four, tuned, io=packed_io(template=four), latency=False).metric
         two = tuned.evaluate(apply(base, CodebookQuant(bits=2, epochs=4, lr=1e-3), tuned))
         rows.append({"seed": seed, "packed4": packed, "untuned2": untuned2, "tuned2": two})
     return rows

@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from torchslim._version import __version__
+from torchslim.artifacts import format_names
 from torchslim.hardware import machine_record
 
 EXAMPLES = {
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "artifact", help="a torchslim checkpoint (.safetensors) or a .pt state dict"
     )
-    export.add_argument("--format", required=True, choices=("torch", "onnx", "onnx-int8", "packed"))
+    export.add_argument("--format", required=True, choices=format_names(export=True))
     export.add_argument("--out", help="output file (default: next to the input, by format)")
     export.add_argument("--task", help="the checkpoint's task (instead of the one it names)")
     _add_trust_option(export)

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from torchslim.artifacts import format_names
 from torchslim.errors import ConfigError
 from torchslim.techniques.base import (
     CONFIG_VERSION,
@@ -40,21 +41,22 @@ from torchslim.techniques.base import (
     config_to_dict,
 )
 
-EXPORT_FORMATS = ("torch", "sparse", "packed", "onnx", "onnx-int8")
 _TOP_LEVEL = ("name", "task", "steps")
 
 
 @dataclass(frozen=True)
 class Export:
-    """The recipe's final artifact format (``torch`` safetensors, ``sparse``, ``packed``,
-    ``onnx``, ``onnx-int8``)."""
+    """The recipe's final artifact format: one of the registered formats a recipe may name
+    (:func:`torchslim.artifacts.format_names`: ``torch`` safetensors, ``sparse``,
+    ``packed``, ``onnx``, ``onnx-int8``)."""
 
     format: str = "torch"
 
     def __post_init__(self) -> None:
-        if self.format not in EXPORT_FORMATS:
+        allowed = format_names(recipe=True)
+        if self.format not in allowed:
             raise ConfigError(
-                f"export format {self.format!r} is unknown; use one of {EXPORT_FORMATS}"
+                f"export format {self.format!r} is unknown; use one of {', '.join(allowed)}"
             )
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.artifacts import StructureRecords, register_structure_records
 from torchslim.errors import CheckpointError
 from torchslim.structure import apply_structure, build_module, describe_module
 
@@ -307,13 +308,9 @@ def is_packed(spec: dict[str, Any]) -> bool:
 
 def load_into(path: str | os.PathLike[str], template: nn.Module) -> nn.Module:
     """Load a file (checkpoint, sparse or packed) into a copy of ``template``'s structure."""
-    from torchslim.checkpoint import load_checkpoint, read_spec
+    from torchslim.checkpoint import load_into as load_file_into
 
-    if is_packed(read_spec(path)):
-        from torchslim.export.packed import load_packed
-
-        return load_packed(path, template)
-    return load_checkpoint(path, model=copy.deepcopy(template))[0]
+    return load_file_into(path, template)
 
 
 def load(path: str | os.PathLike[str], model: Original | None = None) -> nn.Module:
@@ -424,3 +421,17 @@ def _with_student_hint(message: str) -> str:
             "architecture: pass its own factory, torchslim.load(path, model=make_student))",
         )
     return message
+
+
+def arch_record(model: nn.Module, arch: dict[str, Any]) -> dict[str, Any]:
+    """How ``model`` differs from the built-in architecture ``arch`` (``{"name", "kwargs"}``)."""
+    from torchslim.structure import reference_model
+
+    return structure_record(model, reference_model(arch))
+
+
+register_structure_records(
+    StructureRecords(
+        artifact_spec=artifact_spec, arch_record=arch_record, rebuild=rebuild, load=load
+    )
+)

@@ -17,6 +17,8 @@
   ``benchmark_latency`` work on the deployed artifact itself.
 * The ``onnxruntime`` runtime (``RUNTIMES["onnxruntime"]``) times a PyTorch model
   exported to fp32 ONNX, or an :class:`OrtModule` as it is.
+* This module registers the deployment formats ``onnx`` and ``onnx-int8`` (which claims
+  models with uniform-grid quantized layers: what ONNX Runtime int8 runs).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchslim.artifacts import ArtifactFormat, ExportOptions, register_format
 from torchslim.errors import ConfigError, UnsupportedError
 
 # the sessions live in export/ort.py; these names stay importable from here
@@ -547,3 +550,48 @@ def full_range_layers(model: nn.Module) -> list[str]:
 def _onnxruntime(model: nn.Module, example_inputs: Any) -> Any:
     """Time on ONNX Runtime (CPU): an OrtModule as is, any other model exported to fp32 ONNX."""
     return session_runner(OrtModule, model, example_inputs, export_onnx)
+
+
+def has_int_grid(model: nn.Module) -> bool:
+    """Whether the model has uniform-grid quantized layers (what ONNX Runtime int8 runs)."""
+    from torchslim.techniques.fake_quant import QuantizedLayer
+
+    return any(isinstance(m, QuantizedLayer) for m in model.modules())
+
+
+def int8_mode(model: nn.Module) -> str:
+    """The ONNX Runtime int8 mode a model's quantized layers simulate: ``dynamic`` when
+    their inputs are quantized at run time (dynamic PTQ), else ``static``."""
+    from torchslim.techniques.fake_quant import QuantizedLayer
+
+    modes = {
+        getattr(m.input_quant, "mode", "off")
+        for m in model.modules()
+        if isinstance(m, QuantizedLayer) and m.input_quant is not None
+    }
+    return "dynamic" if "dynamic" in modes and modes <= {"dynamic", "off"} else "static"
+
+
+def _write_onnx(model: nn.Module, task: Any, path: Path, options: ExportOptions) -> nn.Module:
+    return OrtModule(export_onnx(model, task.inputs(2), path))
+
+
+def _write_ort_int8(model: nn.Module, task: Any, path: Path, options: ExportOptions) -> nn.Module:
+    return export_ort_int8(model, task, path, mode=options.mode or int8_mode(model))
+
+
+register_format(
+    ArtifactFormat(
+        name="onnx", suffix=".onnx", io=onnx_io, export=_write_onnx, deploy=True, recipe=True
+    )
+)
+register_format(
+    ArtifactFormat(
+        name="onnx-int8",
+        suffix=".int8.onnx",
+        io=onnx_io,
+        claims=has_int_grid,
+        export=_write_ort_int8,
+        deploy=True,
+    )
+)

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchslim.artifacts import ArtifactIO
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.fileio import atomic_path
 from torchslim.hardware import warn_if_saturating
-from torchslim.measure import ArtifactIO
 
 
 def _as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -125,8 +125,9 @@ class OrtModule(OrtSession):
         return torch.from_numpy(self.session.run(None, self.feeds(*inputs))[0])
 
 
-def onnx_io() -> ArtifactIO:
-    """An ArtifactIO for :class:`OrtModule`: the artifact is the ``.onnx`` file itself."""
+def onnx_io(task: Any = None, template: nn.Module | None = None, spec: Any = None) -> ArtifactIO:
+    """An ArtifactIO for :class:`OrtModule`: the artifact is the ``.onnx`` file itself
+    (the arguments, every format's ``io`` order, are not needed)."""
 
     def save(model: nn.Module, path: Path) -> None:
         if not isinstance(model, OrtModule):

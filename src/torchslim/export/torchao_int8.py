@@ -84,13 +84,17 @@ def _inductor(model: nn.Module, example_inputs: Any) -> Any:
     return run
 
 
-def torchao_io(template: nn.Module) -> Any:
+def torchao_io(task: Any = None, template: nn.Module | None = None, spec: Any = None) -> Any:
     """An ArtifactIO for torchao models: ``torch.save`` of the state dict, read back with
-    ``torch.load(weights_only=True)`` (torchao registers its tensor types as safe)."""
+    ``torch.load(weights_only=True)`` (torchao registers its tensor types as safe) into a
+    copy of ``template`` (required; ``task`` and ``spec`` are not used)."""
     from pathlib import Path
 
+    from torchslim.artifacts import ArtifactIO
     from torchslim.fileio import atomic_path
-    from torchslim.measure import ArtifactIO
+
+    if template is None:
+        raise ConfigError("torchao_io needs template=, the torchao model it loads into")
 
     def save(model: nn.Module, path: Path) -> None:
         with atomic_path(path) as tmp:

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.artifacts import ArtifactFormat, ArtifactIO, register_format
 from torchslim.errors import CheckpointError, ConfigError, DataError, UnsupportedError
 
 ARTIFACT_FORMAT = "torchslim.hf/1"
@@ -426,23 +427,28 @@ def save_artifact(model: nn.Module, path: str | Path, spec: dict[str, Any] | Non
 
     ``spec`` adds provenance (e.g. ``task.spec()``); the model is not modified.
     """
-    from torchslim.checkpoint import _plain_state, save_checkpoint
+    from torchslim.checkpoint import plain_state, save_checkpoint
 
     payload = dict(spec or {})
     payload["hf"] = artifact_spec(model)
-    state = {f"backbone.{k}": v for k, v in _plain_state(_wrapper_of(model).backbone).items()}
+    state = {f"backbone.{k}": v for k, v in plain_state(_wrapper_of(model).backbone).items()}
     return save_checkpoint(model, path, payload, tensors=state)
 
 
-def artifact_io(spec: dict[str, Any] | None = None) -> Any:
-    """An :class:`~torchslim.measure.ArtifactIO` for ``measure`` / ``measure_many``: the
-    transformer artifact (:func:`save_artifact`), loaded back with :func:`load_artifact`."""
-    from torchslim.measure import ArtifactIO
-
+def artifact_io(task: Any = None, template: nn.Module | None = None, spec: Any = None) -> Any:
+    """An :class:`~torchslim.artifacts.ArtifactIO` for ``measure`` / ``measure_many``: the
+    transformer artifact (:func:`save_artifact`; ``spec`` or the task's as provenance),
+    loaded back with :func:`load_artifact` (it rebuilds from the file alone)."""
+    chosen = spec if spec is not None else task.spec() if task is not None else None
     return ArtifactIO(
-        save=lambda model, path: save_artifact(model, path, spec),
+        save=lambda model, path: save_artifact(model, path, chosen),
         load=lambda path: load_artifact(path)[0],
     )
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face encoder / classifier torchslim loaded."""
+    return isinstance(model, _Wrapper)
 
 
 def _layer_count(state: dict[str, torch.Tensor]) -> int | None:
@@ -574,3 +580,17 @@ def _try_import_structure() -> None:
             importlib.import_module(name)
         except ImportError:
             logging.getLogger(__name__).debug("optional module %s not importable", name)
+
+
+register_format(
+    ArtifactFormat(
+        name="hf",
+        suffix=".safetensors",
+        io=artifact_io,
+        claims=is_hf_model,
+        priority=30,
+        replaces=("torch", "sparse"),  # packed / ONNX stay what they are
+        recipe=False,
+        records=("hf",),
+    )
+)
