@@ -33,7 +33,6 @@ from torchslim.export import packed as _packed_format  # noqa: F401
 from torchslim.export import sparse as _sparse_format  # noqa: F401
 from torchslim.hf import distill as _hf_distill  # noqa: F401
 from torchslim.hf import layerdrop as _hf_layerdrop  # noqa: F401
-from torchslim.hf import quant as _hf_quant  # noqa: F401
 from torchslim.hf import structure as _hf_structure  # noqa: F401
 from torchslim.measure import (
     Comparison,

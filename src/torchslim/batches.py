@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from torchslim.device import model_device, to_device
 from torchslim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 Batch = Any
 """A batch as data loaders yield it: ``(inputs, target)``, ``(inputs,)``, a dict or inputs."""
@@ -114,3 +117,21 @@ def describe_inputs(inputs: Any) -> str:
     if isinstance(inputs, (tuple, list)):
         return "(" + ", ".join(str(tuple(v.shape)) for v in inputs) + ")"
     return str(tuple(inputs.shape))
+
+
+def calibration_batches(task: Task | None, count: int, what: str) -> list[Batch]:
+    """Up to ``count`` batches of the task's train split (its test split when it has none).
+
+    Raises:
+        ConfigError: no task (``what`` names the step that needs the data).
+    """
+    if task is None:
+        hint = ", or use importance='magnitude'" if "importance" in what else ""
+        raise ConfigError(f"{what} needs calibration data; pass task= to apply{hint}")
+    split = "train" if getattr(task, "train", None) is not None else "test"
+    batches = []
+    for batch in task.loader(split, shuffle=False):
+        batches.append(batch)
+        if len(batches) >= count:
+            break
+    return batches

@@ -348,7 +348,7 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
     from torchslim import tasks
     from torchslim.checkpoint import read_checkpoint
     from torchslim.measure import existing_file_io, measure
-    from torchslim.spec import resolve_task
+    from torchslim.tasks import resolve_task
 
     target = Path(args.target)
     spec: dict = {}
@@ -427,7 +427,7 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import Recipe
     from torchslim.report import Report, results_table
-    from torchslim.spec import resolve_task
+    from torchslim.tasks import resolve_task
 
     recipe = Recipe.from_yaml(args.recipe)  # validated before anything runs
     if not (args.task or recipe.task):

@@ -47,7 +47,7 @@ def load_source(
     artifact is a final form: it is only exported to ``onnx`` (``fmt``; its dequantized
     weights).
     """
-    from torchslim.spec import resolve_task
+    from torchslim.tasks import resolve_task
 
     _, spec = read_checkpoint(path)
     if spec.get("format", "").startswith("torchslim.packed") and fmt != "onnx":

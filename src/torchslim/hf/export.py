@@ -2,10 +2,10 @@
 
 * :func:`export_onnx` writes an ONNX graph with inputs ``input_ids``, ``attention_mask``
   (and ``token_type_ids`` when the model uses them), dynamic ``batch`` and ``sequence``
-  axes, and one output (``embeddings`` or ``logits``). :class:`~torchslim.hf.quant.Int8Linear`
+  axes, and one output (``embeddings`` or ``logits``). :class:`~torchslim.techniques.int8_linear.Int8Linear`
   layers are exported as float MatMuls holding their dequantized weights (ONNX Runtime's
   dynamic quantizer turns them back into the same per-channel int8 grid);
-  :class:`~torchslim.hf.quant.QuantEmbedding` tables stay packed (Gather on uint8 codes).
+  :class:`~torchslim.techniques.embedding_quant.QuantEmbedding` tables stay packed (Gather on uint8 codes).
 * :func:`export_ort_int8` -- fp32 export, then ``quantize_dynamic(per_channel=True)`` of the
   MatMuls (``quantize_gather=True`` also quantizes float embedding tables to 8 bits, as
   ONNX Runtime's default does).
@@ -59,8 +59,8 @@ def modes_preserved(model: nn.Module) -> Iterator[None]:
 
 def export_copy(model: nn.Module, float_linears: bool = True) -> nn.Module:
     """An eval-mode copy for export: int8 Linear layers back to float, embeddings kept packed."""
-    from torchslim.hf.quant import Int8Linear
     from torchslim.techniques.fake_quant import set_module
+    from torchslim.techniques.int8_linear import Int8Linear
 
     with modes_preserved(model):
         plain = copy.deepcopy(model)
@@ -200,14 +200,14 @@ def export_ort_int8(
 
     With ``portable`` (default) the weights use ONNX Runtime's 7-bit grid ``[-64, 64]``, so
     the file computes the same integers on every CPU: an
-    :class:`~torchslim.hf.quant.Int8Linear` made with ``reduce_range`` (the default for
+    :class:`~torchslim.techniques.int8_linear.Int8Linear` made with ``reduce_range`` (the default for
     ``act="tensor"``) is re-quantized onto its own integers; one on the full int8 grid is
     re-quantized to 7 bits (a warning says so). ``portable=False`` keeps the full range,
     exact only on CPUs with VNNI / AMX and on ARM.
     """
     import warnings
 
-    from torchslim.hf.quant import Int8Linear
+    from torchslim.techniques.int8_linear import Int8Linear
 
     wide = [n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.qmax > 64]
     if portable and wide:
@@ -271,6 +271,18 @@ def export_ort_nbits(
     with tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
         fp32 = export_onnx(model, example_inputs, Path(tmp) / "fp32.onnx")
         return quantize_nbits(fp32, path, **options)
+
+
+def torchao_model(model: nn.Module, mode: str = "dynamic") -> nn.Module:
+    """A copy for PyTorch int8 speed: int8 Linear layers back to float, then torchao int8.
+
+    torchao re-quantizes each Linear with the same symmetric per-channel int8 grid (and
+    per-token dynamic int8 activations); packed embedding tables stay packed. Time it with
+    the ``inductor`` runtime (torch.compile with freezing).
+    """
+    from torchslim.export.torchao_int8 import quantize_torchao
+
+    return quantize_torchao(export_copy(model), mode, inplace=True)
 
 
 class OrtEncoder(OrtSession):

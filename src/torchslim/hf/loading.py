@@ -52,20 +52,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.artifacts import ArtifactFormat, ArtifactIO, register_format
+from torchslim.artifacts import ArtifactFormat, ArtifactIO, module_type, register_format
 from torchslim.errors import CheckpointError, ConfigError, DataError, UnsupportedError
+from torchslim.spec import SUPPORTED_MODEL_TYPES
 
 ARTIFACT_FORMAT = "torchslim.hf/1"
-SUPPORTED_MODEL_TYPES = (
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "camembert",
-    "distilbert",
-    "electra",
-    "mpnet",
-    "albert",
-)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model")
 _POOLING_KEYS = {
@@ -370,11 +361,9 @@ def describe(module: nn.Module) -> dict[str, Any] | None:
 
 def build(description: dict[str, Any]) -> nn.Module:
     """An empty module from :func:`describe`'s output."""
-    kind = description.get("type")
-    from torchslim.hf import quant
-
-    if kind in quant.MODULE_TYPES:
-        return quant.MODULE_TYPES[kind].build(description)
+    cls = module_type(description.get("type"))
+    if cls is not None:
+        return cls.build(description)
     from torchslim.structure import build_module
 
     return build_module(description)

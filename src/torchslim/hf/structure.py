@@ -62,6 +62,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from torchslim.batches import calibration_batches
 from torchslim.errors import CheckpointError, ConfigError, UnsupportedError
 from torchslim.techniques.base import (
     ApplyContext,
@@ -69,6 +70,7 @@ from torchslim.techniques.base import (
     register_config,
     register_handler,
 )
+from torchslim.techniques.int8_linear import register_value_out_finder
 
 SPEC_KEY = "hf_structure"
 
@@ -593,20 +595,6 @@ class FFNPruning(_EncoderPruning):
             )
 
 
-def calibration_batches(task: Any, count: int, what: str) -> list[Any]:
-    """Up to ``count`` batches of the task's train split (its test split when it has none)."""
-    if task is None:
-        hint = ", or use importance='magnitude'" if "importance" in what else ""
-        raise ConfigError(f"{what} needs calibration data; pass task= to apply{hint}")
-    split = "train" if getattr(task, "train", None) is not None else "test"
-    batches = []
-    for batch in task.loader(split, shuffle=False):
-        batches.append(batch)
-        if len(batches) >= count:
-            break
-    return batches
-
-
 def _scores(model: nn.Module, config: _EncoderPruning, context: ApplyContext):
     if config.importance == "magnitude":
         return magnitude_scores(model)
@@ -840,3 +828,16 @@ except ImportError:  # pragma: no cover - loader not installed
     pass
 else:
     register_artifact_hook(SPEC_KEY, _artifact_save, _artifact_load)
+
+
+def attention_value_out_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """``(attention output projection, value projection)`` of each encoder layer (empty for
+    models that are not BERT-like encoders): SmoothQuant folds the one into the other."""
+    try:
+        _, _, layers = find_encoder(model)
+    except UnsupportedError:
+        return []
+    return [(layer.linear("out"), layer.linear("value")) for layer in layers]
+
+
+register_value_out_finder(attention_value_out_pairs)

@@ -229,7 +229,7 @@ class Space:
             total += (self.other_params - sum(self.biases.values())) * 32
             table_bits = allocation.get("embedding_quant", {}).get(GLOBAL, 32)
             if table_bits < 32:
-                from torchslim.hf.quant import expected_table_bytes
+                from torchslim.techniques.embedding_quant import expected_table_bytes
 
                 rows, columns = self.embedding
                 group = EMBEDDING_GROUP if table_bits == 4 else 0
@@ -275,7 +275,7 @@ def build_space(
     embedding = (0, 0)
     for knob in knobs:
         if knob == "embedding_quant":
-            from torchslim.hf.quant import word_embedding_tables
+            from torchslim.techniques.embedding_quant import word_embedding_tables
 
             tables = word_embedding_tables(model)
             if not tables:
@@ -464,12 +464,12 @@ def build_recipe(
         )
     int8 = [pattern(layer) for layer, value in allocation.get("linear_int8", {}).items() if value]
     if int8:
-        from torchslim.hf.quant import LinearInt8
+        from torchslim.techniques.int8_linear import LinearInt8
 
         steps.append(LinearInt8(smooth=INT8_SMOOTH, scope=Scope(include=tuple(int8))))
     table_bits = allocation.get("embedding_quant", {}).get(GLOBAL, 32)
     if table_bits < 32:
-        from torchslim.hf.quant import EmbeddingQuant
+        from torchslim.techniques.embedding_quant import EmbeddingQuant
 
         steps.append(
             EmbeddingQuant(
