@@ -92,7 +92,7 @@ def analyze_model(model: nn.Module, inputs: Any = None, task: Any = None) -> Ana
     member_of = {m: g.root for g in groups if g.prunable for m in g.members if m != g.root}
     layers: list[LayerReport] = []
     for name, module in model.named_modules():
-        if not isinstance(module, (*PRUNABLE, nn.MultiheadAttention)):
+        if not (isinstance(module, PRUNABLE) or isinstance(module, nn.MultiheadAttention)):
             continue
         params = sum(p.numel() for p in module.parameters())
         techniques, notes = [], []

@@ -249,12 +249,13 @@ def load_checkpoint(
     state, spec = read_checkpoint(path)
     if model is None and build is None:
         model = build_from_spec(spec, state, str(path))
-    elif model is None:
+    elif model is None and build is not None:
         token = _LOADING.set((state, str(path)))  # build_from_spec inside `build` checks too
         try:
             model = build(spec)
         finally:
             _LOADING.reset(token)
+    assert model is not None  # one of the branches above built it
     load_state_into(model, state, source=f"checkpoint {path}")
     return model.eval(), spec
 

@@ -587,7 +587,7 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         return 0
     console.print(results_table(result.report))
     out = Path(args.out)
-    if result.met:
+    if result.met and result.best is not None:
         console.print(f"budget met: best {result.best.name}; recipe {out / 'best.yaml'}")
     else:
         console.print(

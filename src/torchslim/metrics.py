@@ -98,7 +98,7 @@ class CallableMetric:
 
     def __init__(self, function: Callable[[nn.Module, DataLoader], float], name: str | None = None):
         self.function = function
-        self.name = (
+        self.name: str = str(
             name or getattr(function, "name", None) or getattr(function, "__name__", "metric")
         )
 

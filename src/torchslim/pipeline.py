@@ -226,7 +226,7 @@ def _measure(
     from torchslim.techniques.fake_quant import is_simulated
 
     simulated = is_simulated(model)
-    settings = {
+    settings: dict[str, Any] = {
         "runtime": runtime,
         "threads": threads,
         "batch_n": batch_n,

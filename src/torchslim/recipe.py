@@ -193,6 +193,7 @@ def _parse(data: Any, lines: _Lines) -> Recipe:
     for index, raw in enumerate(raw_steps):
         step_node = lines.child(steps_node, index)
         where = lines.where(step_node)
+        fields: Any
         if isinstance(raw, str):
             kind, fields = raw, {}
             fields_node = None

@@ -136,7 +136,9 @@ def structure_record(model: nn.Module, reference: nn.Module | None) -> dict[str,
         if value:
             record[key] = value
     if isinstance(model, EarlyExitModel):
-        heads = [[describe_module(layer) for layer in head] for head in model.heads]
+        heads = [
+            [describe_module(layer) for layer in head.children()] for head in model.heads.children()
+        ]
         if any(layer is None for head in heads for layer in head):
             raise CheckpointError("an early-exit head holds a module with no description")
         record["early_exit"] = {

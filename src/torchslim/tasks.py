@@ -216,6 +216,8 @@ def _hf_task(kind: str) -> Callable[..., Task]:
             )
         if "batch_sizes" in options:
             options["batch_sizes"] = tuple(options["batch_sizes"])
+        allowed: tuple[str, ...]
+        builder: Callable[..., Task]
         if kind == "text-embedding":
             allowed = ("model_dir", "texts", "pairs", "seq_len", "batch_sizes", "holdout")
             builder = hf_tasks.text_embedding_task

@@ -43,7 +43,7 @@ from torchslim.export.ort import (  # noqa: E402,F401
     KERNEL_FALLBACKS,
     OrtModule,
     OrtSession,
-    _as_tuple,
+    as_tuple,
     missing_kernel,
     onnx_io,
     ort_session,
@@ -80,7 +80,7 @@ def export_onnx(
     if exporter not in ("torchscript", "dynamo"):
         raise ConfigError(f"exporter {exporter!r} is unknown; use 'torchscript' or 'dynamo'")
     plain = to_float_model(model).eval()
-    args = _as_tuple(example_inputs)
+    args = as_tuple(example_inputs)
     names = input_names(len(args))
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -124,7 +124,7 @@ def export_onnx(
     return path
 
 
-def _gemm_to_matmul(model: Any) -> Any:
+def gemm_to_matmul(model: Any) -> Any:
     """Rewrite ``Gemm`` nodes with a constant weight as ``MatMul`` + ``Add``.
 
     ONNX Runtime's dynamic quantizer handles MatMul but not Gemm, which is what
@@ -190,7 +190,7 @@ class _Reader:
         self.feeds = [
             {
                 n: t.detach().cpu().numpy().astype(np.float32)
-                for n, t in zip(names, _as_tuple(b), strict=True)
+                for n, t in zip(names, as_tuple(b), strict=True)
             }
             for b in batches
         ]
@@ -271,7 +271,7 @@ def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
         if not isinstance(layer, QuantizedLayer) or not layer.enabled:
             continue
         wq = layer.weight_quant
-        scale, zp = _int8_grid(wq._scale(layer.module.weight), wq.zero_point, wq.qmin, wq.qmax)
+        scale, zp = _int8_grid(wq.scale_of(layer.module.weight), wq.zero_point, wq.qmin, wq.qmax)
         # An all-zero (pruned) channel gets a degenerate scale (~1e-12): its weights are 0 on
         # any grid, but ONNX Runtime quantizes the bias with input_scale * weight_scale, and
         # such a step overflows int32. Give those channels the layer's largest scale.
@@ -418,7 +418,7 @@ def quantize_onnx(
             shutil.copyfile(fp32_path, source)
         model = onnx.load(str(source))
         if mode == "dynamic":
-            model = _gemm_to_matmul(model)
+            model = gemm_to_matmul(model)
             onnx.save(model, str(source))
         exclude = _excluded_nodes(model, keep_float)
         names = [i.name for i in model.graph.input]
@@ -441,7 +441,7 @@ def quantize_onnx(
                 quantize_static(
                     str(source),
                     str(out),
-                    _Reader(calibration, names),
+                    _Reader(calibration or [], names),
                     quant_format=QuantFormat.QDQ,
                     per_channel=per_channel,
                     activation_type=QuantType.QInt8

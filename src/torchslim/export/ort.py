@@ -27,7 +27,7 @@ from torchslim.fileio import atomic_path
 from torchslim.hardware import warn_if_saturating
 
 
-def _as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
+def as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(inputs, torch.Tensor):
         return (inputs,)
     if isinstance(inputs, (tuple, list)):
@@ -118,7 +118,7 @@ class OrtModule(OrtSession):
 
     def input_feeds(self, inputs: Any) -> dict[str, np.ndarray]:
         """The feeds of a model's inputs as a latency runner receives them."""
-        return self.feeds(*_as_tuple(inputs))
+        return self.feeds(*as_tuple(inputs))
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Run the session; returns the first output as a torch tensor."""

@@ -73,7 +73,7 @@ def _inductor(model: nn.Module, example_inputs: Any) -> Any:
     from torchslim.batches import call_model
 
     model.eval()
-    compiled = torch.compile(model, dynamic=False)
+    compiled: Any = torch.compile(model, dynamic=False)
     with inductor_config.patch(freezing=True), torch.inference_mode():
         call_model(compiled, example_inputs)
 

@@ -156,7 +156,7 @@ def distill_encoder(
     drops = [] if dropout else [(m, m.p) for m in student.modules() if isinstance(m, nn.Dropout)]
     for module, _ in drops:
         module.p = 0.0
-    frozen = []
+    frozen: list[Any] = []
     if freeze_embeddings:
         for module in student.modules():
             if isinstance(module, nn.Embedding):

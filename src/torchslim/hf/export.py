@@ -160,12 +160,12 @@ def quantize_dynamic_int8(
     import onnx
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
-    from torchslim.export.onnx import _gemm_to_matmul
+    from torchslim.export.onnx import gemm_to_matmul
 
     with quiet_logs(""), tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
         source = Path(tmp) / "source.onnx"
         quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
-        model = _gemm_to_matmul(onnx.load(str(source)))
+        model = gemm_to_matmul(onnx.load(str(source)))
         onnx.save(model, str(source))
         with atomic_path(path) as out:
             quantize_dynamic(

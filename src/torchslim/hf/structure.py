@@ -466,7 +466,7 @@ def _global_counts(
     """Units to keep per layer when the lowest-scoring units over all layers go."""
     total = sum(len(s) for s in scores)
     remove = int(round(ratio * total))
-    entries = []
+    entries: list[Any] = []
     for layer, s in enumerate(scores):
         values = s / s.mean().clamp_min(1e-30) if normalize else s
         entries.extend((float(v), layer) for v in values)
@@ -751,7 +751,7 @@ def apply_encoder_structure(model: nn.Module, record: dict[str, Any]) -> nn.Modu
         raise CheckpointError(
             f"checkpoint {SPEC_KEY} has {len(entries)} layers; the model has {len(layers)}"
         )
-    _keep_layers(model, list(range(len(entries))), record_teacher=False)
+    keep_layers(model, list(range(len(entries))), record_teacher=False)
     for enc, entry in zip(encoder_layers(model), entries, strict=True):
         heads, size, width = (
             int(entry["heads"]),
@@ -781,7 +781,7 @@ def apply_encoder_structure(model: nn.Module, record: dict[str, Any]) -> nn.Modu
 # ------------------------------------------------------------------ layer dropping (shared)
 
 
-def _keep_layers(model: nn.Module, keep: list[int], record_teacher: bool = True) -> nn.Module:
+def keep_layers(model: nn.Module, keep: list[int], record_teacher: bool = True) -> nn.Module:
     """Keep only the encoder layers at ``keep`` (sorted, in place); update the HF config."""
     name, modules, layers = find_encoder(model)
     kept = [layers[i].layer for i in keep]

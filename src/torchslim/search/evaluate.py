@@ -139,7 +139,7 @@ class Evaluator:
         self.margin = margin
         self.loss_cap: float | None = None  # set by greedy refinement (see ``meets``)
         self.base_val: Footprint = measure(
-            baseline, task, split="val", latency=objective.needs_latency, **self._timing()
+            baseline, task, split="val", latency=objective.needs_latency, **self.timing()
         )
         self.records: dict[str, Record] = {}
         self.deployed_misses: list[str] = []  # candidates whose deployed file scored less
@@ -158,7 +158,7 @@ class Evaluator:
             self.keep.cleanup()
             self.keep = None
 
-    def _timing(self) -> dict[str, Any]:
+    def timing(self) -> dict[str, Any]:
         runtime = self.objective.runtime
         if runtime == "onnxruntime":
             runtime = "torch"  # eager baseline; int8 candidates are deployed to ORT and compared
@@ -220,7 +220,7 @@ class Evaluator:
             out=Path(self.keep.name) / f"c{len(self.records)}" if self.keep else None,
             # an onnxruntime objective compares the deployed model's latency only
             eager_latency=self.objective.runtime != "onnxruntime",
-            **self._timing(),
+            **self.timing(),
         )
         test_metric = self.task.evaluate(run.model, "test")
         if run.deployed is not None:  # the deployed file is what ships: judge by the worse

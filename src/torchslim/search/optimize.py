@@ -177,7 +177,7 @@ def optimize(
         strategy = "optuna" if (storage or study or trials) else "greedy"
     if strategy == "greedy" and storage is not None:
         raise ConfigError("--storage applies to the optuna strategy; pass --strategy optuna")
-    storage_obj = None
+    storage_obj: Any = None
     if strategy == "optuna":
         from torchslim.search.optuna_search import open_storage
 
@@ -428,7 +428,7 @@ def _finish(
             out=out,
             name=label,
             latency=timed,
-            runtime=evaluator._timing()["runtime"],
+            runtime=evaluator.timing()["runtime"],
             threads=evaluator.threads,
             split="test",
         )
@@ -528,7 +528,7 @@ def retime_finalists(
     ]
     if len(finalists) < 2:
         return feasible
-    models = [OrtModule(r.candidate.deployed.artifact) for r in finalists]
+    models = [OrtModule(r.candidate.deployed.artifact) for r in finalists]  # type: ignore[union-attr,arg-type]  # filtered above
     stats = benchmark_latency(
         models,
         task.inputs(evaluator.objective.batch),

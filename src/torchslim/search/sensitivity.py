@@ -45,7 +45,8 @@ from torchslim.techniques.base import ApplyContext, apply
 log = logging.getLogger(__name__)
 
 SENSITIVITY_VERSION = 4
-Curves = dict[str, dict[str, dict[str, list[float]]]]
+Curves = dict[str, dict[str, dict[str, Any]]]
+"""``{knob: {layer: {"x": [...], "metric": [...], "loss": [...], "reference": float}}}``."""
 
 
 def model_hash(model: nn.Module) -> str:
@@ -255,7 +256,7 @@ def loss_scale(curves: Curves, base_metric: float) -> float | None:
 
 
 def drop_curve(
-    curve: dict[str, list[float]], base_metric: float, scale: float | None = None
+    curve: dict[str, Any], base_metric: float, scale: float | None = None
 ) -> list[float]:
     """Predicted drop per grid point: non-negative and non-decreasing along the grid.
 

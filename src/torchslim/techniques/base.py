@@ -303,7 +303,7 @@ class Scope:
         )
 
     @staticmethod
-    def _matches(entry: str, name: str, module: nn.Module) -> bool:
+    def matches(entry: str, name: str, module: nn.Module) -> bool:
         if entry.startswith("re:"):
             return re.fullmatch(entry[3:], name) is not None
         return entry == name or entry == type(module).__name__
@@ -319,9 +319,9 @@ class Scope:
                 continue
             if self.types and type(module).__name__ not in self.types:
                 continue
-            if self.include and not any(self._matches(e, name, module) for e in self.include):
+            if self.include and not any(self.matches(e, name, module) for e in self.include):
                 continue
-            if any(self._matches(e, name, module) for e in self.exclude):
+            if any(self.matches(e, name, module) for e in self.exclude):
                 continue
             chosen.append((name, module))
         return chosen

@@ -62,7 +62,7 @@ def override_for(name: str, module: nn.Module, overrides: Sequence[Sequence[Any]
     """The fraction of the last override whose pattern matches ``name`` (None if none does)."""
     found = None
     for pattern, value in overrides:
-        if Scope._matches(pattern, name, module):
+        if Scope.matches(pattern, name, module):
             found = float(value)
     return found
 
@@ -284,10 +284,14 @@ def importance_scores(
         scores = [_weight(layer).detach().abs().float() for layer in layers]
     elif config.importance in ("gradient", "taylor"):
         scores = accumulate_gradients(
-            model, layers, task, config.batches, config.importance == "taylor"
+            model,
+            layers,
+            task,
+            config.batches,  # type: ignore[attr-defined]  # gradient / taylor configs have it
+            config.importance == "taylor",
         )
     elif config.importance == "random":
-        generator = torch.Generator().manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)  # type: ignore[attr-defined]
         scores = [torch.rand(_weight(layer).shape, generator=generator) for layer in layers]
     else:  # pragma: no cover - every config sets a known importance
         raise UnsupportedError(f"importance {config.importance!r} is unknown")

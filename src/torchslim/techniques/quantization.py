@@ -54,7 +54,7 @@ _WEIGHT_OBSERVERS = ("minmax", "mse", "percentile")
 RNN_TYPES: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU)
 
 
-def _check_layer_bits(layer_bits_: Any, field_name: str = "layer_bits") -> None:
+def check_layer_bits(layer_bits_: Any, field_name: str = "layer_bits") -> None:
     for item in layer_bits_:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
             raise ConfigError(
@@ -92,7 +92,7 @@ class _WeightQuantFields(TechniqueConfig):
             )
         if not 50 < self.percentile <= 100:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        _check_layer_bits(self.layer_bits)
+        check_layer_bits(self.layer_bits)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class _StaticFields(_WeightQuantFields):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_bits(self.act_bits, "act_bits")
-        _check_layer_bits(self.layer_act_bits, "layer_act_bits")
+        check_layer_bits(self.layer_act_bits, "layer_act_bits")
         if self.act_observer not in OBSERVERS:
             raise ConfigError(
                 f"act_observer {self.act_observer!r} is unknown; use one of {', '.join(OBSERVERS)}"
@@ -211,7 +211,7 @@ class TorchaoInt8(TechniqueConfig):
 # ------------------------------------------------------------------ preparation
 
 
-def _select(
+def select_layers(
     model: nn.Module,
     config: _WeightQuantFields,
     supported: tuple[type[nn.Module], ...],
@@ -494,7 +494,7 @@ def _prepare_static(
     make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
     folded = fold_batchnorm(model) if config.fold_bn else []
     reference = copy.deepcopy(model)
-    chosen = _select(model, config, WEIGHT_TYPES, context)
+    chosen = select_layers(model, config, WEIGHT_TYPES, context)
     layers = _wrap(model, config, chosen, "static")
     with on_device(model, context.task.device):  # calibration passes on the task's device
         calibrate(model, layers, inputs, config.name)
@@ -524,7 +524,7 @@ def _static_quant(model: nn.Module, config: StaticQuant, context: ApplyContext) 
 @register_handler(DynamicQuant)
 def _dynamic_quant(model: nn.Module, config: DynamicQuant, context: ApplyContext) -> nn.Module:
     make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
-    chosen = _select(model, config, (nn.Linear, *RNN_TYPES), context)
+    chosen = select_layers(model, config, (nn.Linear, *RNN_TYPES), context)
     linears = [(n, m) for n, m in chosen if isinstance(m, nn.Linear)]
     layers = _wrap(model, config, linears, "dynamic")
     rnn_notes: dict[str, int] = {}

@@ -271,9 +271,8 @@ class GradualPruning(TechniqueConfig):
 
     def target(self) -> UnstructuredPruning:
         """The unstructured config the schedule prunes with."""
-        return CONFIGS[f"{self.importance}_pruning"](
-            sparsity=self.sparsity, mode=self.mode, scope=self.scope
-        )
+        config_type: Any = CONFIGS[f"{self.importance}_pruning"]
+        return config_type(sparsity=self.sparsity, mode=self.mode, scope=self.scope)
 
 
 @register_handler(GradualPruning)
@@ -336,9 +335,8 @@ class IterativePruning(TechniqueConfig):
 
     def target(self) -> UnstructuredPruning:
         """The unstructured config each step prunes with."""
-        return CONFIGS[f"{self.importance}_pruning"](
-            sparsity=self.sparsity, mode=self.mode, scope=self.scope
-        )
+        config_type: Any = CONFIGS[f"{self.importance}_pruning"]
+        return config_type(sparsity=self.sparsity, mode=self.mode, scope=self.scope)
 
 
 @register_config
