@@ -261,6 +261,6 @@ def structure_records() -> StructureRecords:
     return _RECORDS[0]
 
 
-def artifact_spec(task: Any, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
+def artifact_spec(task: Task | None, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` plus how ``model`` differs from the task's original (keys already set stay)."""
     return structure_records().artifact_spec(task, model, spec)

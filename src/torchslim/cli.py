@@ -14,13 +14,16 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from torchslim._version import __version__
 from torchslim.artifacts import format_names
 from torchslim.hardware import machine_record
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 EXAMPLES = {
     "train": "example: torchslim train mnist1d-cnn --out out/mnist1d",
@@ -93,7 +96,7 @@ def _add_trust_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _set_device(task: Any, args: argparse.Namespace) -> None:
+def _set_device(task: Task, args: argparse.Namespace) -> None:
     """Apply --device / --amp to the task's train config (checked against what torch sees)."""
     import dataclasses
 

@@ -23,7 +23,7 @@ import copy
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from torch import nn
 from torchslim.artifacts import StructureRecords, register_structure_records
 from torchslim.errors import CheckpointError
 from torchslim.structure import apply_structure, build_module, describe_module
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 ATTRIBUTES = ("num_heads", "head_dim")
 """Integer attributes recorded when they change (fused-qkv attention after pruning)."""
@@ -159,7 +162,7 @@ def _record_tensors(
             resized[f"{name}.{key}" if name else key] = list(tensor.shape)
 
 
-def reference_of(task: Any) -> nn.Module | None:
+def reference_of(task: Task | None) -> nn.Module | None:
     """The original model a task compresses (built-in architecture on the meta device)."""
     if task is None:
         return None
@@ -182,7 +185,7 @@ def reference_of(task: Any) -> nn.Module | None:
     return reference
 
 
-def artifact_spec(task: Any, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
+def artifact_spec(task: Task | None, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` plus how ``model`` differs from the task's original (keys already set stay)."""
     record = structure_record(model, reference_of(task))
     return {**spec, **{k: v for k, v in record.items() if k not in spec}}

@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ from torchslim.hardware import PORTABLE_WEIGHT_BOUND, stamp_onnx
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
 from torchslim.techniques.fake_quant import to_float_model
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 DEFAULT_OPSET = 17
 _DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather")
@@ -469,7 +472,7 @@ def quantize_onnx(
 
 def export_ort_int8(
     model: nn.Module,
-    task: Any,
+    task: Task,
     path: str | Path,
     mode: str = "static",
     calibration_batches: int = 8,
@@ -572,11 +575,11 @@ def int8_mode(model: nn.Module) -> str:
     return "dynamic" if "dynamic" in modes and modes <= {"dynamic", "off"} else "static"
 
 
-def _write_onnx(model: nn.Module, task: Any, path: Path, options: ExportOptions) -> nn.Module:
+def _write_onnx(model: nn.Module, task: Task, path: Path, options: ExportOptions) -> nn.Module:
     return OrtModule(export_onnx(model, task.inputs(2), path))
 
 
-def _write_ort_int8(model: nn.Module, task: Any, path: Path, options: ExportOptions) -> nn.Module:
+def _write_ort_int8(model: nn.Module, task: Task, path: Path, options: ExportOptions) -> nn.Module:
     return export_ort_int8(model, task, path, mode=options.mode or int8_mode(model))
 
 

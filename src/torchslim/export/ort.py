@@ -15,7 +15,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from torchslim.artifacts import ArtifactIO
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.fileio import atomic_path
 from torchslim.hardware import warn_if_saturating
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 
 def as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -125,7 +128,9 @@ class OrtModule(OrtSession):
         return torch.from_numpy(self.session.run(None, self.feeds(*inputs))[0])
 
 
-def onnx_io(task: Any = None, template: nn.Module | None = None, spec: Any = None) -> ArtifactIO:
+def onnx_io(
+    task: Task | None = None, template: nn.Module | None = None, spec: Any = None
+) -> ArtifactIO:
     """An ArtifactIO for :class:`OrtModule`: the artifact is the ``.onnx`` file itself
     (the arguments, every format's ``io`` order, are not needed)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 
 def _torchao() -> Any:
@@ -84,7 +87,9 @@ def _inductor(model: nn.Module, example_inputs: Any) -> Any:
     return run
 
 
-def torchao_io(task: Any = None, template: nn.Module | None = None, spec: Any = None) -> Any:
+def torchao_io(
+    task: Task | None = None, template: nn.Module | None = None, spec: Any = None
+) -> Any:
     """An ArtifactIO for torchao models: ``torch.save`` of the state dict, read back with
     ``torch.load(weights_only=True)`` (torchao registers its tensor types as safe) into a
     copy of ``template`` (required; ``task`` and ``spec`` are not used)."""

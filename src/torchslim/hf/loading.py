@@ -47,7 +47,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -55,6 +55,9 @@ from torch import nn
 from torchslim.artifacts import ArtifactFormat, ArtifactIO, module_type, register_format
 from torchslim.errors import CheckpointError, ConfigError, DataError, UnsupportedError
 from torchslim.spec import SUPPORTED_MODEL_TYPES
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 ARTIFACT_FORMAT = "torchslim.hf/1"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -424,7 +427,9 @@ def save_artifact(model: nn.Module, path: str | Path, spec: dict[str, Any] | Non
     return save_checkpoint(model, path, payload, tensors=state)
 
 
-def artifact_io(task: Any = None, template: nn.Module | None = None, spec: Any = None) -> Any:
+def artifact_io(
+    task: Task | None = None, template: nn.Module | None = None, spec: Any = None
+) -> Any:
     """An :class:`~torchslim.artifacts.ArtifactIO` for ``measure`` / ``measure_many``: the
     transformer artifact (:func:`save_artifact`; ``spec`` or the task's as provenance),
     loaded back with :func:`load_artifact` (it rebuilds from the file alone)."""

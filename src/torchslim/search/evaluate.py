@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -32,6 +32,9 @@ from torchslim.search.space import (
     build_recipe,
     recovery_kd,
 )
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 
 class StopTrial(Exception):
@@ -114,7 +117,7 @@ class Evaluator:
 
     def __init__(
         self,
-        task: Any,
+        task: Task,
         baseline: nn.Module,
         space: Space,
         budget: Budget,

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -35,6 +35,9 @@ from torchslim.search.space import (
     build_space,
     default_knobs,
 )
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ def _check_limits(trials: int | None, time_limit: float | None, strategy: str) -
 
 
 def optimize(
-    task: Any,
+    task: Task,
     max_drop: float = 1.0,
     drop_type: str = "absolute",
     objective: str = "size",
@@ -374,7 +377,7 @@ def pareto_front(records: list[Record]) -> list[Record]:
 
 
 def _finish(
-    task: Any,
+    task: Task,
     base: Any,
     evaluator: Evaluator,
     budget: Budget,
@@ -501,7 +504,7 @@ FINALISTS = 4
 
 
 def retime_finalists(
-    task: Any, feasible: list[Record], evaluator: Evaluator, notes: list[str]
+    task: Task, feasible: list[Record], evaluator: Evaluator, notes: list[str]
 ) -> list[Record]:
     """Time the fastest feasible candidates' deployed ONNX files together, fastest first.
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ from torchslim.search.space import (
 )
 from torchslim.techniques.base import ApplyContext, apply
 
+if TYPE_CHECKING:
+    from torchslim.task import Task
+
 log = logging.getLogger(__name__)
 
 SENSITIVITY_VERSION = 4
@@ -59,7 +62,7 @@ def model_hash(model: nn.Module) -> str:
 
 
 def cache_file(
-    task: Any, baseline: nn.Module, space: Space, split: str, recovery: dict | None = None
+    task: Task, baseline: nn.Module, space: Space, split: str, recovery: dict | None = None
 ) -> Path:
     """Where the curves of this baseline, grid, split (and recovery) are cached."""
     key: dict[str, Any] = {
@@ -80,7 +83,7 @@ def cache_file(
 
 
 def sensitivity(
-    task: Any,
+    task: Task,
     baseline: nn.Module,
     space: Space,
     split: str = "val",
@@ -150,7 +153,7 @@ def sensitivity(
 
 
 def _reference(
-    task: Any,
+    task: Task,
     baseline: nn.Module,
     knob: str,
     base: tuple[float, float],
@@ -174,7 +177,7 @@ def _reference(
 
 
 def _measure_one(
-    task: Any,
+    task: Task,
     baseline: nn.Module,
     knob: str,
     layer: str,
@@ -209,7 +212,7 @@ def _measure_one(
 
 
 @torch.no_grad()
-def split_loss(task: Any, model: nn.Module, split: str) -> float:
+def split_loss(task: Task, model: nn.Module, split: str) -> float:
     """Mean task loss of ``model`` over one split (model left in its original mode)."""
     from torchslim.batches import batch_size_of, call_model, split_batch
     from torchslim.device import on_device, to_device

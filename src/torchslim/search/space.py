@@ -24,13 +24,16 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from torchslim.errors import ConfigError
 from torchslim.recipe import Recipe
 from torchslim.techniques.base import Scope, TechniqueConfig
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 Allocation = dict[str, dict[str, float]]
 GLOBAL = "*"  # the layer key of a whole-model knob
@@ -248,7 +251,7 @@ def _entropy(density: float) -> float:
 
 def build_space(
     model: nn.Module,
-    task: Any,
+    task: Task,
     knobs: Sequence[str],
     ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> Space:
@@ -333,7 +336,11 @@ def build_space(
 
 
 def _couplings(
-    model: nn.Module, task: Any, roots: Sequence[str], params: Mapping[str, int], probe: float = 0.5
+    model: nn.Module,
+    task: Task,
+    roots: Sequence[str],
+    params: Mapping[str, int],
+    probe: float = 0.5,
 ) -> dict[str, dict[str, float]]:
     """Per channel-group root: each layer's share of weights removed per unit of ratio.
 
@@ -369,7 +376,7 @@ def _couplings(
     return couplings
 
 
-def _channel_roots(model: nn.Module, task: Any) -> list[str]:
+def _channel_roots(model: nn.Module, task: Task) -> list[str]:
     from torchslim.analyze import analyze_model
 
     analysis = analyze_model(model, task.inputs(1), task)

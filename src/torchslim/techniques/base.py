@@ -19,11 +19,14 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from torch import nn
 
 from torchslim.errors import ConfigError, UnsupportedError
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 CONFIG_VERSION = 1
 
@@ -56,7 +59,7 @@ class ApplyContext:
     when a recipe runs, so a recovery step can distill from it.
     """
 
-    task: Any = None
+    task: Task | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     teacher: Any = None  # the uncompressed model, for distillation-based recovery
 
@@ -103,7 +106,7 @@ def register_handler(config_type: type[TechniqueConfig]) -> Callable[[Handler], 
 def apply(
     model: nn.Module,
     config: TechniqueConfig,
-    task: Any = None,
+    task: Task | None = None,
     *,
     inplace: bool = False,
     context: ApplyContext | None = None,

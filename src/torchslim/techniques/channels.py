@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch_pruning as tp
@@ -31,6 +31,9 @@ from torchslim.techniques.base import (
 )
 from torchslim.techniques.heads import HeadPrunedAttention, prune_heads, supports_head_pruning
 from torchslim.techniques.pruning import check_fraction, check_overrides, override_for
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 ROOTS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
@@ -119,7 +122,7 @@ class ChannelPruning(TechniqueConfig):
 # ------------------------------------------------------------------ helpers
 
 
-def example_inputs(model: nn.Module, task: Any) -> Any:
+def example_inputs(model: nn.Module, task: Task | None) -> Any:
     """One-sample inputs for tracing: the task's, else ``model.input_shape``."""
     if task is not None:
         return task.inputs(1)
@@ -244,7 +247,7 @@ def _head_importance(config: ChannelPruning) -> str:
     return "l2" if config.importance == "bn_scale" else config.importance
 
 
-def _accumulate_gradients(model: nn.Module, task: Any, batches: int) -> None:
+def _accumulate_gradients(model: nn.Module, task: Task | None, batches: int) -> None:
     """Sum the loss gradients of ``batches`` train batches into ``.grad`` (Taylor importance)."""
     if task is None:
         raise ConfigError(
@@ -540,7 +543,7 @@ def _check_runs(original: nn.Module, pruned: nn.Module, inputs: Any) -> None:
 def ratio_for_macs(
     model: nn.Module,
     config: ChannelPruning,
-    task: Any,
+    task: Task,
     macs_reduction: float,
     steps: int = 8,
 ) -> float:

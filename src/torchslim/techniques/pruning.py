@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from torchslim.techniques.base import (
     register_config,
     register_handler,
 )
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MODES = ("global", "layer")
@@ -221,7 +224,7 @@ def _existing_mask(module: nn.Module) -> torch.Tensor | None:
 
 
 def accumulate_gradients(
-    model: nn.Module, layers: Sequence[nn.Module], task: Any, batches: int, taylor: bool
+    model: nn.Module, layers: Sequence[nn.Module], task: Task | None, batches: int, taylor: bool
 ) -> list[torch.Tensor]:
     """Per-weight ``sum_b |g_b|`` (or ``sum_b |w * g_b|`` if ``taylor``) over train batches.
 
@@ -240,7 +243,7 @@ def accumulate_gradients(
 
 
 def _accumulate(
-    model: nn.Module, layers: Sequence[nn.Module], task: Any, batches: int, taylor: bool
+    model: nn.Module, layers: Sequence[nn.Module], task: Task, batches: int, taylor: bool
 ) -> list[torch.Tensor]:
     from torchslim.batches import call_model, split_batch
     from torchslim.device import to_device
@@ -277,7 +280,7 @@ def _accumulate(
 
 
 def importance_scores(
-    model: nn.Module, layers: Sequence[nn.Module], config: UnstructuredPruning, task: Any
+    model: nn.Module, layers: Sequence[nn.Module], config: UnstructuredPruning, task: Task
 ) -> list[torch.Tensor]:
     """One score tensor per layer, shaped like its weight; already-masked weights score -inf."""
     if config.importance == "magnitude":

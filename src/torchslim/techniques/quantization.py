@@ -22,7 +22,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -49,6 +49,9 @@ from torchslim.techniques.fake_quant import (
 )
 from torchslim.techniques.pruning import make_permanent
 from torchslim.techniques.quant_math import OBSERVERS, check_bits, fake_quantize, qrange, sqnr
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 _WEIGHT_OBSERVERS = ("minmax", "mse", "percentile")
 RNN_TYPES: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU)
@@ -289,7 +292,7 @@ def _wrap(
     return layers
 
 
-def calibration_inputs(task: Any, batches: int, technique: str) -> list[Any]:
+def calibration_inputs(task: Task | None, batches: int, technique: str) -> list[Any]:
     """Up to ``batches`` input batches of the task's training data (validation data if none).
 
     Raises:
