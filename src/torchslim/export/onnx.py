@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +63,7 @@ _DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather")
 _OP_PATTERN = re.compile(r"'((?:aten|prim|onnx|quantized)::[\w.]+)'|operator (\w+::[\w.]+)")
 
 
-def input_names(count: int) -> list[str]:
+def default_input_names(count: int) -> list[str]:
     """Names of the ONNX graph's inputs: ``input`` or ``input_0``, ``input_1``, ..."""
     return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
 
@@ -74,19 +74,42 @@ def export_onnx(
     path: str | Path,
     opset: int = DEFAULT_OPSET,
     exporter: str = "torchscript",
+    *,
+    input_names: Sequence[str] | None = None,
+    output_name: str = "output",
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    float_copy: Callable[[nn.Module], nn.Module] = to_float_model,
 ) -> Path:
     """Export ``model`` to an fp32 ONNX file with a dynamic batch dimension.
+
+    The exported module is ``float_copy(model)``: by default a copy with every quantization
+    wrapper replaced by its float form (``to_float()``: fake-quant, codebook, int8 Linear
+    layers, embedding tables); the model itself is not changed. Models with keyword inputs (transformers: :mod:`torchslim.hf.export`) pass
+    their specifics as options.
+
+    Args:
+        input_names: graph input names; with dict ``example_inputs``, also which entries
+            are passed, in that order (default: ``input`` / ``input_0``, ``input_1``...).
+        output_name: the graph output's name.
+        dynamic_axes: ``{name: {axis: label}}`` (default: axis 0 of every input and the
+            output is ``batch``; TorchScript exporter only).
+        float_copy: makes the module that is exported (a transformer keeps its embedding
+            tables packed and switches to eager attention).
 
     Raises:
         UnsupportedError: the exporter cannot translate an operator (the message names it).
     """
     if exporter not in ("torchscript", "dynamo"):
         raise ConfigError(f"exporter {exporter!r} is unknown; use 'torchscript' or 'dynamo'")
-    plain = to_float_model(model).eval()
-    args = as_tuple(example_inputs)
-    names = input_names(len(args))
+    plain = float_copy(model).eval()
+    if isinstance(example_inputs, dict) and input_names is not None:
+        args = tuple(example_inputs[name] for name in input_names)
+    else:
+        args = as_tuple(example_inputs)
+    names = list(input_names) if input_names is not None else default_input_names(len(args))
+    axes = dynamic_axes or {n: {0: "batch"} for n in [*names, output_name]}
     path = Path(path)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             if exporter == "torchscript":
@@ -96,8 +119,8 @@ def export_onnx(
                     str(tmp),
                     dynamo=False,
                     input_names=names,
-                    output_names=["output"],
-                    dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+                    output_names=[output_name],
+                    dynamic_axes=axes,
                     opset_version=opset,
                     do_constant_folding=True,
                 )
@@ -109,7 +132,7 @@ def export_onnx(
                     str(tmp),
                     dynamo=True,
                     input_names=names,
-                    output_names=["output"],
+                    output_names=[output_name],
                     dynamic_shapes=tuple({0: batch} for _ in args),
                     opset_version=max(opset, 18),
                     verbose=False,

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.errors import ConfigError
 from torchslim.export.onnx import OrtSession, session_runner
+from torchslim.export.onnx import export_onnx as generic_export_onnx
 from torchslim.fileio import atomic_path
 from torchslim.hardware import stamp_onnx
 from torchslim.measure import register_runtime
@@ -104,44 +105,29 @@ def export_onnx(
 ) -> Path:
     """Export an encoder / classifier to fp32 ONNX with dynamic batch and sequence axes.
 
+    The one exporter (:func:`torchslim.export.onnx.export_onnx`) with the transformer
+    specifics as its options: token inputs in :data:`INPUT_ORDER`, ``batch`` and
+    ``sequence`` axes, the output named ``embeddings`` or ``logits``, and :func:`export_copy`
+    (int8 Linear layers to float, embedding tables kept packed, eager attention).
+
     Raises:
         UnsupportedError: the exporter cannot translate an operator (named in the message).
     """
     names = _ordered_inputs(model, example_inputs)
     output = "embeddings" if type(model).__name__ == "SentenceEncoder" else "logits"
-    args = tuple(example_inputs[n] for n in names)
-    plain = export_copy(model)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[output] = {0: "batch"}
-    path = Path(path)
-    with (
-        modes_preserved(model),
-        atomic_path(path) as tmp,
-        warnings.catch_warnings(),
-        torch.no_grad(),
-    ):
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                plain,
-                args,
-                str(tmp),
-                dynamo=False,
-                input_names=names,
-                output_names=[output],
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-        except Exception as exc:  # noqa: BLE001 - exporters raise many types
-            first = (
-                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            )
-            raise UnsupportedError(
-                f"ONNX export of {type(model).__name__} failed ({first}); keep this model on "
-                "the torch runtime"
-            ) from exc
-    return path
+    with modes_preserved(model):
+        return generic_export_onnx(
+            model,
+            example_inputs,
+            path,
+            opset,
+            input_names=names,
+            output_name=output,
+            dynamic_axes=axes,
+            float_copy=export_copy,
+        )
 
 
 def quantize_dynamic_int8(
@@ -205,7 +191,6 @@ def export_ort_int8(
     re-quantized to 7 bits (a warning says so). ``portable=False`` keeps the full range,
     exact only on CPUs with VNNI / AMX and on ARM.
     """
-    import warnings
 
     from torchslim.techniques.int8_linear import Int8Linear
 
