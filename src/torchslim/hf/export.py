@@ -146,7 +146,7 @@ def quantize_dynamic_int8(
     import onnx
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
-    from torchslim.export.onnx import gemm_to_matmul
+    from torchslim.export.onnx_graph import gemm_to_matmul
 
     with quiet_logs(""), tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
         source = Path(tmp) / "source.onnx"
