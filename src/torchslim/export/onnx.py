@@ -333,6 +333,7 @@ def quantize_onnx(
     preprocess: bool = True,
     qparams: dict[str, dict[str, Any]] | None = None,
     reduce_range: bool = True,
+    op_types: Sequence[str] | None = None,
 ) -> Path:
     """Quantize an fp32 ONNX file with ONNX Runtime's quantizer.
 
@@ -352,6 +353,8 @@ def quantize_onnx(
             (``[-64, 64]``), which its u8s8 kernels compute exactly on every x86 CPU; with
             False they use the full int8 range, exact only on CPUs with VNNI / AMX and on ARM
             (docs/techniques.md). Grids given in ``qparams`` are used as they are.
+        op_types: the operators ``dynamic`` mode quantizes (default: MatMul, Attention,
+            LSTM, Gather; a transformer export passes MatMul, plus Gather for float tables).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -427,7 +430,7 @@ def quantize_onnx(
                     str(out),
                     per_channel=per_channel,
                     weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(_DYNAMIC_OPS),
+                    op_types_to_quantize=list(op_types or _DYNAMIC_OPS),
                     nodes_to_exclude=exclude,
                     reduce_range=reduce_range,
                 )

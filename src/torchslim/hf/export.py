@@ -36,10 +36,9 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
-from torchslim.export.onnx import OrtSession, session_runner
+from torchslim.export.onnx import OrtSession, quantize_onnx, session_runner
 from torchslim.export.onnx import export_onnx as generic_export_onnx
 from torchslim.fileio import atomic_path
-from torchslim.hardware import stamp_onnx
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
 
@@ -143,27 +142,14 @@ def quantize_dynamic_int8(
     which its u8s8 kernels compute exactly on every x86 CPU; False uses the full int8
     range, exact only with VNNI / AMX or on ARM (docs/techniques.md).
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
-
-    from torchslim.export.onnx_graph import gemm_to_matmul
-
-    with quiet_logs(""), tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
-        source = Path(tmp) / "source.onnx"
-        quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
-        model = gemm_to_matmul(onnx.load(str(source)))
-        onnx.save(model, str(source))
-        with atomic_path(path) as out:
-            quantize_dynamic(
-                str(source),
-                str(out),
-                per_channel=per_channel,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gather"] if quantize_gather else ["MatMul"],
-                reduce_range=reduce_range,
-            )
-    stamp_onnx(path)
-    return Path(path)
+    return quantize_onnx(
+        fp32_path,
+        path,
+        mode="dynamic",
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        op_types=("MatMul", "Gather") if quantize_gather else ("MatMul",),
+    )
 
 
 def ort_default_int8(fp32_path: str | Path, path: str | Path) -> Path:
