@@ -34,6 +34,8 @@ bench: $(STAMP)  # slow: trains every baseline once (VGG included) and runs each
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks

@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 import torchslim as ts
-from torchslim.checkpoint import write_text_atomic
 from torchslim.export.packed import packed_io
+from torchslim.fileio import write_text_atomic
 from torchslim.models import build_model
 from torchslim.techniques import apply
 from torchslim.techniques.codebook import CodebookQuant
@@ -89,7 +89,7 @@ def codebook_rows(task: ts.Task, base: torch.nn.Module, seeds: tuple[int, ...]) 
     for seed in seeds:
         tuned = seeded(task, seed)
         four = apply(base, CodebookQuant(bits=4, epochs=4, lr=1e-3), tuned)
-        packed = ts.measure(four, tuned, io=packed_io(four), latency=False).metric
+        packed = ts.measure(four, tuned, io=packed_io(template=four), latency=False).metric
         two = tuned.evaluate(apply(base, CodebookQuant(bits=2, epochs=4, lr=1e-3), tuned))
         rows.append({"seed": seed, "packed4": packed, "untuned2": untuned2, "tuned2": two})
     return rows

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import torchslim as ts
-from torchslim.checkpoint import write_text_atomic
+from torchslim.fileio import write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_TASKS = [

@@ -43,6 +43,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCHSLIM_PROGRESS", "0")
 
 from torchslim import tasks  # noqa: E402
+from torchslim.batches import (
+    calibration_batches,  # noqa: E402
+    threads_fixed,  # noqa: E402
+)
 from torchslim.hf.export import (  # noqa: E402
     OrtEncoder,
     export_onnx,
@@ -52,11 +56,10 @@ from torchslim.hf.export import (  # noqa: E402
 )
 from torchslim.hf.loading import save_artifact  # noqa: E402
 from torchslim.hf.metrics import embed, fidelity_stats  # noqa: E402
-from torchslim.hf.quant import EmbeddingQuant, LinearInt8, smooth_linears  # noqa: E402
-from torchslim.hf.structure import calibration_batches  # noqa: E402
 from torchslim.measure import benchmark_latency  # noqa: E402
-from torchslim.task import threads_fixed  # noqa: E402
 from torchslim.techniques import apply  # noqa: E402
+from torchslim.techniques.embedding_quant import EmbeddingQuant  # noqa: E402
+from torchslim.techniques.int8_linear import LinearInt8, smooth_linears  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "transformers.json"
 
@@ -251,7 +254,7 @@ def main() -> None:
             print(f"batch {batch}: {latency[f'b{batch}']}")
     torchao: dict[str, Any] = {}
     if args.torchao:
-        from torchslim.hf.quant import torchao_model
+        from torchslim.hf.export import torchao_model
 
         sources = {"torchao int8": int8, f"torchao int8 + emb4g{args.emb_group}": variants_emb4g}
         if optimized:

@@ -104,12 +104,13 @@ def run_encoder(model_dir: str, folder: Path, texts: int, seq_len: int) -> list[
     from torchslim.hf.export import OrtEncoder, export_onnx, ort_default_int8
     from torchslim.hf.export import export_ort_int8 as export_hf_int8
     from torchslim.hf.metrics import fidelity_stats
-    from torchslim.hf.quant import EmbeddingQuant, LinearInt8
     from torchslim.measure import benchmark_latency
+    from torchslim.techniques.embedding_quant import EmbeddingQuant
+    from torchslim.techniques.int8_linear import LinearInt8
 
     task = ts.tasks.get("text-embedding", model_dir=model_dir, seq_len=seq_len)
     fp32 = task.build_model().eval()
-    from torchslim.task import split_batch
+    from torchslim.batches import split_batch
 
     batches = [split_batch(b)[0] for b in task.loader("test")]
     inputs = {k: torch.cat([b[k] for b in batches])[:texts] for k in batches[0]}

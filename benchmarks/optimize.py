@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from torchslim import tasks
-from torchslim.checkpoint import write_text_atomic
+from torchslim.fileio import write_text_atomic
 from torchslim.search import optimize
 
 RESULTS = Path(__file__).parent / "results"

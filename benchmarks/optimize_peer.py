@@ -41,8 +41,8 @@ from pruning import torch_pruning_uniform, tp_ratio_for_macs  # noqa: E402
 from quantization import head_to_head, ort_default_static  # noqa: E402
 
 import torchslim as ts  # noqa: E402
-from torchslim.checkpoint import write_text_atomic  # noqa: E402
 from torchslim.export.onnx import OrtModule, export_onnx  # noqa: E402
+from torchslim.fileio import write_text_atomic  # noqa: E402
 from torchslim.measure import count_macs  # noqa: E402
 from torchslim.techniques import apply  # noqa: E402
 from torchslim.techniques.recovery import FineTune  # noqa: E402

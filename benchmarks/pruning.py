@@ -34,8 +34,8 @@ import torch
 import torch_pruning as tp
 
 import torchslim as ts
-from torchslim.checkpoint import write_text_atomic
 from torchslim.export.sparse import sparse_io
+from torchslim.fileio import write_text_atomic
 from torchslim.measure import RUNTIMES, count_macs, measure_many
 from torchslim.techniques import apply
 from torchslim.techniques.channels import ChannelPruning, final_layers, ratio_for_macs

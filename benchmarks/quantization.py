@@ -214,7 +214,7 @@ def bench_task(
             "4-bit codebook + fine-tune (packed)",
             codebook,
             codebook,
-            packed_io(codebook),
+            packed_io(template=codebook),
             time.perf_counter() - start,
         )
     try:
@@ -228,7 +228,7 @@ def bench_task(
             "torchao int8 default (Linear only)",
             None,
             torchao,
-            torchao_io(torchao),
+            torchao_io(template=torchao),
             time.perf_counter() - start,
         )
     except ts.TorchslimError as exc:

@@ -44,7 +44,7 @@ def mnist1d():
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module whose tests train: the machine is shared."""
-    from torchslim.task import threads_fixed
+    from torchslim.batches import threads_fixed
 
     with threads_fixed(1):
         yield
@@ -53,7 +53,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def hf_offline():
     """Hugging Face modules: nothing may be downloaded (``HF_HUB_OFFLINE=1``), one thread."""
-    from torchslim.task import threads_fixed
+    from torchslim.batches import threads_fixed
 
     patcher = pytest.MonkeyPatch()
     patcher.setenv("HF_HUB_OFFLINE", "1")

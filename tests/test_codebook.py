@@ -63,7 +63,7 @@ def test_codebook_fine_tuning_keeps_at_most_2_to_the_b_values_and_the_accuracy(m
     for layer in (m for m in untuned.modules() if isinstance(m, CodebookLayer)):
         assert len(torch.unique(layer.shared_weight())) <= 2**2
     fp32 = ts.measure(base, task, latency=False)
-    packed = ts.measure(tuned, task, io=packed_io(tuned), latency=False)
+    packed = ts.measure(tuned, task, io=packed_io(template=tuned), latency=False)
     assert packed.metric >= fp32.metric - 0.05, (packed.metric, fp32.metric)
     assert fp32.artifact_bytes / packed.artifact_bytes >= 7
     assert context.notes["quantization"]["layers"]["classifier"]["bits"] == 4

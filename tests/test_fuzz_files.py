@@ -23,7 +23,8 @@ import torchslim as ts
 from torchslim import spec as spec_module
 from torchslim.errors import TorchslimError
 from torchslim.models import build_model
-from torchslim.spec import allocation_limit, resolve_task
+from torchslim.spec import allocation_limit
+from torchslim.tasks import resolve_task
 
 FUZZ = settings(
     max_examples=300,

@@ -32,15 +32,14 @@ from torchslim.hf.loading import (  # noqa: E402
     read_folder,
     save_artifact,
 )
-from torchslim.hf.quant import (  # noqa: E402
+from torchslim.measure import count_macs, count_parameters, layer_table  # noqa: E402
+from torchslim.techniques.base import apply, config_from_dict  # noqa: E402
+from torchslim.techniques.embedding_quant import (  # noqa: E402
     EmbeddingQuant,
-    Int8Linear,
-    LinearInt8,
     QuantEmbedding,
     expected_table_bytes,
 )
-from torchslim.measure import count_macs, count_parameters, layer_table  # noqa: E402
-from torchslim.techniques.base import apply, config_from_dict  # noqa: E402
+from torchslim.techniques.int8_linear import Int8Linear, LinearInt8  # noqa: E402
 
 SEQ = 24
 pytestmark = pytest.mark.usefixtures("hf_offline")

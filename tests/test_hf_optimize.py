@@ -16,10 +16,11 @@ pytest.importorskip("transformers")
 from hf_helpers import tiny_embedding_task  # noqa: E402
 from torchslim.errors import ConfigError  # noqa: E402
 from torchslim.hf.loading import save_artifact  # noqa: E402
-from torchslim.hf.quant import EmbeddingQuant, Int8Linear, LinearInt8  # noqa: E402
 from torchslim.pipeline import apply_recipe  # noqa: E402
 from torchslim.search import build_space, optimize  # noqa: E402
 from torchslim.search.space import GLOBAL, build_recipe, check_grid  # noqa: E402
+from torchslim.techniques.embedding_quant import EmbeddingQuant  # noqa: E402
+from torchslim.techniques.int8_linear import Int8Linear, LinearInt8  # noqa: E402
 
 SEQ = 24
 pytestmark = pytest.mark.usefixtures("hf_offline")
@@ -129,7 +130,7 @@ def test_pipeline_writes_a_transformer_artifact_that_reloads(tiny, tmp_path):
     run = run_recipe(recipe, task, baseline=base, out=tmp_path, latency=False, deploy=False)
     assert run.artifact.name == "best.safetensors"
     assert ts.checkpoint.read_spec(run.artifact)["hf"]["kind"] == "encoder"
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     inputs = task.inputs(4)
     with torch.no_grad():

@@ -15,19 +15,19 @@ import torch
 pytest.importorskip("transformers")
 
 from hf_helpers import tiny_embedding_task  # noqa: E402
+from torchslim.batches import calibration_batches  # noqa: E402
 from torchslim.errors import ConfigError  # noqa: E402
 from torchslim.hf.export import OrtEncoder, export_ort_int8  # noqa: E402
 from torchslim.hf.loading import load_artifact, save_artifact  # noqa: E402
 from torchslim.hf.metrics import embed, fidelity_stats  # noqa: E402
-from torchslim.hf.quant import (  # noqa: E402
+from torchslim.techniques.base import apply  # noqa: E402
+from torchslim.techniques.int8_linear import (  # noqa: E402
     Int8Linear,
     LinearInt8,
     ScaledLinear,
     input_maxima,
     smooth_linears,
 )
-from torchslim.hf.structure import calibration_batches  # noqa: E402
-from torchslim.techniques.base import apply  # noqa: E402
 
 SEQ = 24
 pytestmark = pytest.mark.usefixtures("hf_offline")

@@ -118,7 +118,7 @@ def test_transformer_int8_files_compute_their_simulation_without_vnni(tmp_path):
     from torchslim.hf.export import OrtEncoder, export_ort_nbits
     from torchslim.hf.export import export_ort_int8 as export_hf_int8
     from torchslim.hf.metrics import fidelity_stats
-    from torchslim.hf.quant import LinearInt8
+    from torchslim.techniques.int8_linear import LinearInt8
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _, task = tiny_embedding_task(tmp_path / "bert", texts=48, seq_len=24)

@@ -37,7 +37,7 @@ class ScaleWeights(TechniqueConfig):
 
 
 @register_handler(ScaleWeights)
-def _scale(model, config, context):
+def scale_of(model, config, context):
     for name, module in config.scope.select(model, (nn.Linear, nn.Conv1d)):
         with torch.no_grad():
             module.weight.mul_(config.factor)

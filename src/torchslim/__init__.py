@@ -24,9 +24,15 @@ from torchslim.errors import (
     TrainingError,
     UnsupportedError,
 )
+
+# every module that registers an artifact format (torchslim.artifacts), so recipes, the
+# pipeline and `torchslim export` see the whole list whatever module is imported first
+# (checkpoint registers `torch`, hf.loading `hf`; reload registers the structure records)
+from torchslim.export import onnx as _onnx_formats  # noqa: F401
+from torchslim.export import packed as _packed_format  # noqa: F401
+from torchslim.export import sparse as _sparse_format  # noqa: F401
 from torchslim.hf import distill as _hf_distill  # noqa: F401
 from torchslim.hf import layerdrop as _hf_layerdrop  # noqa: F401
-from torchslim.hf import quant as _hf_quant  # noqa: F401
 from torchslim.hf import structure as _hf_structure  # noqa: F401
 from torchslim.measure import (
     Comparison,

@@ -8,7 +8,7 @@ unavailable and the tracing error as the reason.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -21,6 +21,9 @@ from torchslim.techniques.channels import (
     final_layers,
 )
 from torchslim.techniques.pruning import PRUNABLE
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 NM_PATTERNS = ((2, 4), (4, 8))
 
@@ -63,7 +66,7 @@ class Analysis:
         return asdict(self)
 
 
-def analyze_model(model: nn.Module, inputs: Any = None, task: Any = None) -> Analysis:
+def analyze_model(model: nn.Module, inputs: Any = None, task: Task | None = None) -> Analysis:
     """Analyze ``model`` (not modified) on one-sample ``inputs`` (default: the task's)."""
     import copy
 
@@ -92,7 +95,7 @@ def analyze_model(model: nn.Module, inputs: Any = None, task: Any = None) -> Ana
     member_of = {m: g.root for g in groups if g.prunable for m in g.members if m != g.root}
     layers: list[LayerReport] = []
     for name, module in model.named_modules():
-        if not isinstance(module, (*PRUNABLE, nn.MultiheadAttention)):
+        if not (isinstance(module, PRUNABLE) or isinstance(module, nn.MultiheadAttention)):
             continue
         params = sum(p.numel() for p in module.parameters())
         techniques, notes = [], []
@@ -127,7 +130,7 @@ def analyze_model(model: nn.Module, inputs: Any = None, task: Any = None) -> Ana
     return Analysis(layers, groups, skipped, sum(p.numel() for p in model.parameters()), macs.macs)
 
 
-def analyze(task: Any, model: nn.Module | None = None) -> Analysis:
+def analyze(task: Task, model: nn.Module | None = None) -> Analysis:
     """Analyze a task's model (its cached baseline if trained, else a fresh build)."""
     if model is None:
         model = task.build_model()

@@ -4,25 +4,46 @@ One file holds both: the spec travels in the safetensors header's metadata under
 the key ``torchslim``. Loading never unpickles anything: safetensors reads raw
 tensors, and plain ``.pt`` state dicts are read with ``torch.load(weights_only=True)``.
 Writes are atomic (temporary file in the same folder, then ``os.replace``).
+
+This module registers the ``torch`` artifact format (:func:`checkpoint_io`). It imports no
+technique: what a file records about a compressed model's structure is computed and rebuilt
+by functions ``torchslim.reload`` registers in :mod:`torchslim.artifacts`, and formats that
+store tensors encoded (sparse) decode them through the same registry.
 """
 
 from __future__ import annotations
 
 import contextvars
+import copy
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from torchslim.artifacts import (
+    ArtifactFormat,
+    ArtifactIO,
+    ExportOptions,
+    artifact_spec,
+    decoders,
+    reader_of,
+    register_format,
+    structure_records,
+)
 from torchslim.errors import CheckpointError
+from torchslim.fileio import atomic_path
+from torchslim.hardware import spec_record
+from torchslim.spec import check_shapes, parse_spec_text, validate_spec
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 FORMAT = "torchslim.checkpoint/1"
 SPEC_KEY = "torchslim"
@@ -33,32 +54,7 @@ CONVERT_HINT = (
 )
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only on success."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as contiguous tensors that do not share storage (safetensors needs that).
 
     Pruning masks (``weight_orig`` + ``weight_mask``) are folded into plain ``weight`` tensors.
@@ -97,14 +93,9 @@ def save_checkpoint(
     """
     payload = dict(spec or {})
     payload.setdefault("format", FORMAT)
-    from torchslim.hardware import spec_record
-
     payload.setdefault("hardware", spec_record())
     if isinstance(payload.get("arch"), dict):  # record how the model differs from its arch
-        from torchslim.reload import structure_record
-        from torchslim.structure import reference_model
-
-        record = structure_record(model, reference_model(payload["arch"]))
+        record = structure_records().arch_record(model, payload["arch"])
         payload.update({k: v for k, v in record.items() if k not in payload})
     try:
         metadata = {SPEC_KEY: json.dumps(payload, sort_keys=True)}
@@ -113,9 +104,8 @@ def save_checkpoint(
             f"checkpoint spec is not JSON-serializable ({exc}); keep spec values to "
             "str/int/float/bool/list/dict"
         ) from exc
-    state = tensors if tensors is not None else _plain_state(model)
-    from torchslim.spec import validate_spec  # what a reader accepts: refuse to write less
-
+    state = tensors if tensors is not None else plain_state(model)
+    # what a reader accepts: refuse to write less
     data_bytes = sum(t.numel() * t.element_size() for t in state.values())
     validate_spec(
         json.loads(metadata[SPEC_KEY]),
@@ -177,10 +167,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on bad files
         raise _corrupt(path, exc) from exc
-    if "sparse" in spec:  # a sparse artifact (torchslim.export.sparse): decode to dense tensors
-        from torchslim.export.sparse import decode_state
-
-        state = decode_state(state, spec["sparse"])
+    for fmt in decoders():  # e.g. a sparse artifact: decode to dense tensors
+        if fmt.decodes in spec and fmt.decode is not None:
+            state = fmt.decode(state, spec[fmt.decodes])
     return state, spec
 
 
@@ -208,8 +197,6 @@ def _looks_pickled(path: Path) -> bool:
 
 
 def _checked_spec(metadata: dict[str, str], path: Path, names: list[str]) -> dict[str, Any]:
-    from torchslim.spec import parse_spec_text, validate_spec
-
     where = f"checkpoint {path}"
     spec = parse_spec_text(metadata[SPEC_KEY], where) if SPEC_KEY in metadata else {}
     return validate_spec(spec, where, path.stat().st_size, names)
@@ -232,8 +219,6 @@ def load_state_into(
     model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
 ) -> nn.Module:
     """Copy ``state`` into ``model`` after checking every key and shape; name the first mismatch."""
-    from torchslim.spec import check_shapes
-
     check_shapes(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True)
     return model
@@ -264,12 +249,13 @@ def load_checkpoint(
     state, spec = read_checkpoint(path)
     if model is None and build is None:
         model = build_from_spec(spec, state, str(path))
-    elif model is None:
+    elif model is None and build is not None:
         token = _LOADING.set((state, str(path)))  # build_from_spec inside `build` checks too
         try:
             model = build(spec)
         finally:
             _LOADING.reset(token)
+    assert model is not None  # one of the branches above built it
     load_state_into(model, state, source=f"checkpoint {path}")
     return model.eval(), spec
 
@@ -287,8 +273,6 @@ def build_from_spec(
     if state is None and _LOADING.get() is not None:  # called by a builder in load_checkpoint
         state, source = _LOADING.get()  # type: ignore[misc]
     if state is not None:
-        from torchslim.spec import check_shapes
-
         with torch.device("meta"):
             shell = _build_from_spec(spec, source)
         check_shapes(shell.state_dict(), state, f"checkpoint {source}")
@@ -317,9 +301,7 @@ def _build_unchecked(spec: dict[str, Any]) -> nn.Module:
             "checkpoint has no architecture spec (it holds weights only); load it with "
             "the task it was trained for, e.g. `torchslim measure TASK --checkpoint FILE`"
         )
-    from torchslim.reload import rebuild
-
-    return rebuild(build_model(arch["name"], **arch.get("kwargs", {})), spec)
+    return structure_records().rebuild(build_model(arch["name"], **arch.get("kwargs", {})), spec)
 
 
 def convert_state_dict(
@@ -358,3 +340,87 @@ def convert_state_dict(
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp))
     return len(tensors), out.stat().st_size
+
+
+# ------------------------------------------------------------------ the ``torch`` artifact
+
+
+def load_into(path: str | os.PathLike[str], template: nn.Module) -> nn.Module:
+    """Load a file into a copy of ``template``'s structure: a format that reads such files
+    (packed) loads it, any other is a checkpoint (plain or sparse)."""
+    fmt = reader_of(read_spec(path))
+    if fmt is not None and fmt.load_into is not None:
+        return fmt.load_into(Path(path), template)
+    return load_checkpoint(path, model=copy.deepcopy(template))[0]
+
+
+def checkpoint_io(
+    task: Task | None = None,
+    template: nn.Module | None = None,
+    spec: dict[str, Any] | None = None,
+) -> ArtifactIO:
+    """The ``torch`` artifact: a safetensors checkpoint with a JSON spec (the task's by default).
+
+    Loading rebuilds the architecture from the spec when it names a reference
+    architecture, so the file alone is shown to be enough; otherwise it loads into a
+    copy of ``template``.
+    """
+    if spec is None:
+        spec = task.spec() if task is not None else {}
+        arch = getattr(template, "torchslim_arch", None)
+        if arch is not None:  # a model of another architecture than the task's (a student)
+            spec = {**spec, "arch": arch}
+    chosen: dict[str, Any] = spec
+
+    def save(model: nn.Module, path: Path) -> None:
+        save_checkpoint(
+            model, path, artifact_spec(task, model, chosen) if "arch" not in chosen else chosen
+        )
+
+    def load(path: Path) -> nn.Module:
+        def build(saved: dict[str, Any]) -> nn.Module:
+            if "arch" in saved:
+                return build_from_spec(saved)
+            if template is None:
+                raise CheckpointError(
+                    f"checkpoint {path} names no architecture; pass template= to checkpoint_io"
+                )
+            return copy.deepcopy(template)
+
+        return load_checkpoint(path, build=build)[0]
+
+    return ArtifactIO(save, load)
+
+
+def existing_file_io(source: str | Path, template: nn.Module) -> ArtifactIO:
+    """An artifact that already exists: "saving" copies the file as is, loading reads it back."""
+
+    def save(model: nn.Module, path: Path) -> None:
+        if Path(path).resolve() != Path(source).resolve():
+            with atomic_path(path) as tmp:
+                shutil.copyfile(source, tmp)
+
+    def load(path: Path) -> nn.Module:
+        return load_into(path, template)
+
+    return ArtifactIO(save, load, suffix=Path(source).suffix)
+
+
+def _export_torch(model: nn.Module, task: Task, path: Path, options: ExportOptions) -> nn.Module:
+    """``torchslim export --format torch``: the checkpoint, rebuilt from the task's original."""
+    save_checkpoint(model, path, artifact_spec(task, model, task.spec()))
+    return structure_records().load(path, None if task.arch else task.build_model())
+
+
+TORCH_FORMAT = register_format(
+    ArtifactFormat(
+        name="torch",
+        suffix=".safetensors",
+        export_suffix=".export.safetensors",
+        io=checkpoint_io,
+        claims=lambda model: True,  # the fallback: any model
+        priority=0,
+        export=_export_torch,
+        records=("structure", "factorized", "resized", "attributes", "early_exit"),
+    )
+)

@@ -14,12 +14,16 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from torchslim._version import __version__
+from torchslim.artifacts import format_names
 from torchslim.hardware import machine_record
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 EXAMPLES = {
     "train": "example: torchslim train mnist1d-cnn --out out/mnist1d",
@@ -92,7 +96,7 @@ def _add_trust_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _set_device(task: Any, args: argparse.Namespace) -> None:
+def _set_device(task: Task, args: argparse.Namespace) -> None:
     """Apply --device / --amp to the task's train config (checked against what torch sees)."""
     import dataclasses
 
@@ -189,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "artifact", help="a torchslim checkpoint (.safetensors) or a .pt state dict"
     )
-    export.add_argument("--format", required=True, choices=("torch", "onnx", "onnx-int8", "packed"))
+    export.add_argument("--format", required=True, choices=format_names(export=True))
     export.add_argument("--out", help="output file (default: next to the input, by format)")
     export.add_argument("--task", help="the checkpoint's task (instead of the one it names)")
     _add_trust_option(export)
@@ -321,7 +325,7 @@ def _print_footprint(console: Console, name: str, footprint: Any, layers: bool) 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     """Train or load the baseline, copy its checkpoint to --out, measure it."""
     from torchslim import tasks
-    from torchslim.checkpoint import write_text_atomic
+    from torchslim.fileio import write_text_atomic
     from torchslim.measure import checkpoint_io, measure
 
     task = tasks.get(args.task, data_dir=args.data_dir)
@@ -356,7 +360,7 @@ def cmd_measure(args: argparse.Namespace, console: Console) -> int:
     from torchslim import tasks
     from torchslim.checkpoint import read_checkpoint
     from torchslim.measure import existing_file_io, measure
-    from torchslim.spec import resolve_task
+    from torchslim.tasks import resolve_task
 
     target = Path(args.target)
     spec: dict = {}
@@ -435,7 +439,7 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import Recipe
     from torchslim.report import Report, results_table
-    from torchslim.spec import resolve_task
+    from torchslim.tasks import resolve_task
 
     recipe = Recipe.from_yaml(args.recipe)  # validated before anything runs
     if not (args.task or recipe.task):
@@ -595,7 +599,7 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         return 0
     console.print(results_table(result.report))
     out = Path(args.out)
-    if result.met:
+    if result.met and result.best is not None:
         console.print(f"budget met: best {result.best.name}; recipe {out / 'best.yaml'}")
     else:
         console.print(

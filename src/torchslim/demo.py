@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -33,7 +34,7 @@ from torchslim.report import Candidate, Report, results_table
 from torchslim.task import Task
 from torchslim.techniques import CONFIGS
 
-BUDGET = {"max_drop": 0.01, "drop_type": "absolute"}  # one accuracy point
+BUDGET: dict[str, Any] = {"max_drop": 0.01, "drop_type": "absolute"}  # one accuracy point
 
 
 def demo_recipes(quick: bool = False) -> list[Recipe]:
@@ -110,6 +111,7 @@ def _optimized_recipe(task: Task, quick: bool) -> Recipe:
         trials=6 if quick else None,
     )
     chosen = result.best or result.best_found
+    assert chosen is not None  # the baseline itself is always found
     recipe = Recipe.from_dict(chosen.recipe)
     return dataclasses.replace(recipe, name="optimized (1-point budget)")
 

@@ -91,10 +91,10 @@ def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContex
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of a model's first parameter or buffer (None for a stateless module)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return None
 
 

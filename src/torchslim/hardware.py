@@ -234,7 +234,7 @@ def stamp_onnx(path: str | Path) -> None:
 
     import onnx
 
-    from torchslim.checkpoint import atomic_path
+    from torchslim.fileio import atomic_path
 
     model = onnx.load(str(path))
     for prop in list(model.metadata_props):
@@ -298,7 +298,7 @@ def run_onnx_files(
     folder.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"jobs": [], "out": str(folder / "outputs.npz")}
     for name, (model, feeds) in jobs.items():
-        np.savez(folder / f"{name}.npz", **feeds)
+        np.savez(folder / f"{name}.npz", **feeds)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         manifest["jobs"].append(
             {"name": name, "model": str(model), "inputs": str(folder / f"{name}.npz")}
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import statistics
 import tempfile
 import time
@@ -26,9 +25,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from torchslim.checkpoint import atomic_path, build_from_spec, load_checkpoint, save_checkpoint
+from torchslim.artifacts import ArtifactIO
+from torchslim.batches import call_model, eval_mode, preserved_modes, threads_fixed
+from torchslim.checkpoint import checkpoint_io, existing_file_io  # noqa: F401 - re-exported
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task, call_model, eval_mode, preserved_modes, threads_fixed
+from torchslim.task import Task
 
 # ------------------------------------------------------------------ counting
 
@@ -135,7 +136,7 @@ _EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_c
 
 
 def _batch_of(inputs: Any) -> int:
-    from torchslim.task import batch_size_of
+    from torchslim.batches import batch_size_of
 
     return max(1, batch_size_of(inputs))
 
@@ -174,62 +175,6 @@ def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
 
 
 # ------------------------------------------------------------------ artifacts
-
-
-@dataclass
-class ArtifactIO:
-    """How a model becomes a file and back: ``save(model, path)`` and ``load(path) -> model``."""
-
-    save: Callable[[nn.Module, Path], None]
-    load: Callable[[Path], nn.Module]
-    suffix: str = ".safetensors"
-
-
-def checkpoint_io(
-    task: Task | None, template: nn.Module, spec: dict[str, Any] | None = None
-) -> ArtifactIO:
-    """The default artifact: a safetensors checkpoint with a JSON spec (the task's by default).
-
-    Loading rebuilds the architecture from the spec when it names a reference
-    architecture, so the file alone is shown to be enough; otherwise it loads into a
-    copy of ``template``.
-    """
-    if spec is None:
-        spec = task.spec() if task is not None else {}
-        arch = getattr(template, "torchslim_arch", None)
-        if arch is not None:  # a model of another architecture than the task's (a student)
-            spec = {**spec, "arch": arch}
-
-    def save(model: nn.Module, path: Path) -> None:
-        from torchslim.reload import artifact_spec
-
-        save_checkpoint(
-            model, path, artifact_spec(task, model, spec) if "arch" not in spec else spec
-        )
-
-    def load(path: Path) -> nn.Module:
-        def build(saved: dict[str, Any]) -> nn.Module:
-            return build_from_spec(saved) if "arch" in saved else copy.deepcopy(template)
-
-        return load_checkpoint(path, build=build)[0]
-
-    return ArtifactIO(save, load)
-
-
-def existing_file_io(source: str | Path, template: nn.Module) -> ArtifactIO:
-    """An artifact that already exists: "saving" copies the file as is, loading reads it back."""
-
-    def save(model: nn.Module, path: Path) -> None:
-        if Path(path).resolve() != Path(source).resolve():
-            with atomic_path(path) as tmp:
-                shutil.copyfile(source, tmp)
-
-    def load(path: Path) -> nn.Module:
-        from torchslim.reload import load_into
-
-        return load_into(path, template)
-
-    return ArtifactIO(save, load, suffix=Path(source).suffix)
 
 
 def artifact_bytes(

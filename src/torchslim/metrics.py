@@ -27,8 +27,8 @@ class Metric(Protocol):
 
 
 def _batches(model: nn.Module, loader: DataLoader):
+    from torchslim.batches import call_model, split_batch
     from torchslim.device import model_device, to_device
-    from torchslim.task import call_model, split_batch
 
     device = model_device(model)
     for batch in loader:
@@ -75,8 +75,8 @@ class CosineFidelity:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, loader: DataLoader) -> float:
+        from torchslim.batches import call_model
         from torchslim.device import model_device, on_device
-        from torchslim.task import call_model
 
         total, count = 0.0, 0
         device = model_device(model) or torch.device("cpu")
@@ -98,7 +98,7 @@ class CallableMetric:
 
     def __init__(self, function: Callable[[nn.Module, DataLoader], float], name: str | None = None):
         self.function = function
-        self.name = (
+        self.name: str = str(
             name or getattr(function, "name", None) or getattr(function, "__name__", "metric")
         )
 

@@ -2,8 +2,8 @@
 
 The pipeline is where techniques meet measurement: after every step it records the
 metric and sizes (the history), then saves the final model in the artifact format
-that fits it (packed for quantized models, sparse for pruned ones, a plain
-checkpoint otherwise, or what the recipe's ``export`` step asks for), measures
+that claims it (:mod:`torchslim.artifacts`: packed for quantized models, sparse for
+pruned ones, a plain checkpoint otherwise, or what the recipe's ``export`` step asks for), measures
 that artifact against the baseline, and for quantized models also the deployed
 ONNX Runtime int8 artifact against fp32 on the same runtime.
 """
@@ -18,23 +18,25 @@ from typing import Any
 
 from torch import nn
 
-from torchslim.errors import ConfigError
-from torchslim.measure import (
+from torchslim.artifacts import (
     ArtifactIO,
+    ExportOptions,
+    formats,
+    get_format,
+    resolve_format,
+)
+from torchslim.artifacts import choose_format as choose_registered
+from torchslim.measure import (
     Footprint,
-    checkpoint_io,
     count_macs,
     count_nonzero,
     count_parameters,
-    effective_parameters,
     measure_many,
 )
 from torchslim.recipe import Recipe
 from torchslim.report.results import Candidate
 from torchslim.task import Task
 from torchslim.techniques.base import ApplyContext, apply
-
-SPARSE_THRESHOLD = 0.3  # weight sparsity from which the sparse format is chosen automatically
 
 
 @dataclass
@@ -50,75 +52,25 @@ class RecipeRun:
     """The deployed ONNX Runtime model (an ``OrtModule``) when the recipe was deployed."""
 
 
-def weight_sparsity(model: nn.Module) -> float:
-    """Share of zero values among weight matrices / kernels (dim >= 2)."""
-    total = zeros = 0
-    for _, tensor in effective_parameters(model):
-        if tensor.dim() >= 2:
-            total += tensor.numel()
-            zeros += int((tensor == 0).sum())
-    return zeros / total if total else 0.0
-
-
-def _is_quantized(model: nn.Module) -> bool:
-    from torchslim.techniques.codebook import CodebookLayer
-    from torchslim.techniques.fake_quant import QuantizedLayer
-
-    return any(isinstance(m, (QuantizedLayer, CodebookLayer)) for m in model.modules())
-
-
 def has_int_grid(model: nn.Module) -> bool:
-    """Whether the model has uniform-grid quantized layers (what ONNX Runtime int8 runs)."""
-    from torchslim.techniques.fake_quant import QuantizedLayer
-
-    return any(isinstance(m, QuantizedLayer) for m in model.modules())
+    """Whether a deployment format claims the model (uniform-grid quantized layers: ONNX
+    Runtime int8 runs them), so the pipeline deploys it by default."""
+    return any(f.deploy and f.claims is not None and f.claims(model) for f in formats())
 
 
 def choose_format(model: nn.Module, requested: str | None = None) -> str:
-    """The artifact format: the requested one, else packed / sparse / torch by the model's state."""
-    if requested and requested not in ("onnx", "onnx-int8"):
-        return requested
-    if _is_quantized(model):
-        return "packed"
-    return "sparse" if weight_sparsity(model) >= SPARSE_THRESHOLD else "torch"
+    """The artifact format: the requested one, else the registered format that claims the
+    model (packed for quantized models, sparse for pruned ones, torch otherwise)."""
+    return choose_registered(model, requested)
 
 
 def artifact_io(model: nn.Module, task: Task, fmt: str) -> ArtifactIO:
-    """The ArtifactIO writing ``model`` in format ``fmt`` (torch, sparse, packed).
+    """The ArtifactIO writing ``model`` in format ``fmt`` (torch, sparse, packed...).
 
-    A Hugging Face encoder / classifier is written as a transformer artifact
-    (``torchslim.hf.loading.save_artifact``: it rebuilds from the file alone) in place of
-    ``torch`` and ``sparse``.
+    A format that claims the model may stand in for the one named (a Hugging Face encoder /
+    classifier is written as a transformer artifact in place of ``torch`` and ``sparse``).
     """
-    from torchslim.hf.loading import _Wrapper  # imports no transformers
-
-    if isinstance(model, _Wrapper) and fmt in ("torch", "sparse"):
-        from torchslim.hf.loading import artifact_io as hf_artifact_io
-
-        return hf_artifact_io(task.spec())
-    if fmt == "packed":
-        from torchslim.export.packed import packed_io
-        from torchslim.reload import artifact_spec
-
-        return packed_io(model, artifact_spec(task, model, task.spec()))
-    if fmt == "sparse":
-        from torchslim.export.sparse import sparse_io
-
-        return sparse_io(task, model)
-    if fmt == "torch":
-        from torchslim.techniques.dynamic import EarlyExitModel
-
-        if isinstance(model, EarlyExitModel):  # a wrapper the spec cannot rebuild: load into a copy
-            spec = {k: v for k, v in task.spec().items() if k != "arch"}
-            return checkpoint_io(task, model, spec=spec)
-        if _is_quantized(model):
-            raise ConfigError(
-                "a quantized model is saved as 'packed' (or exported to onnx-int8), not 'torch'"
-            )
-        return checkpoint_io(task, model)
-    raise ConfigError(
-        f"artifact format {fmt!r} is unknown; use torch, sparse, packed, onnx or onnx-int8"
-    )
+    return resolve_format(model, fmt).make_io(task, model)
 
 
 def snapshot(
@@ -274,7 +226,7 @@ def _measure(
     from torchslim.techniques.fake_quant import is_simulated
 
     simulated = is_simulated(model)
-    settings = {
+    settings: dict[str, Any] = {
         "runtime": runtime,
         "threads": threads,
         "batch_n": batch_n,
@@ -322,25 +274,23 @@ def deploy_onnx(
     """
     import tempfile
 
-    from torchslim.export.onnx import OrtModule, export_onnx, export_ort_int8, onnx_io
-
+    fmt = get_format(requested) if requested else None
+    if fmt is None or not fmt.deploy:
+        fmt = next((f for f in formats() if f.deploy and f.claims and f.claims(model)), None)
+        fmt = fmt or get_format("onnx-int8")  # asked to deploy a model no format claims
+    fp32 = get_format("onnx")
     with tempfile.TemporaryDirectory(prefix="torchslim-deploy-") as tmp:
         folder = Path(out) if out is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        if requested == "onnx":
-            path = export_onnx(model, task.inputs(2), folder / f"{safe_name(label)}.onnx")
-            deployed = OrtModule(path)
-        else:
-            mode = "dynamic" if "dynamic_quant" in candidate.techniques else "static"
-            path = folder / f"{safe_name(label)}.int8.onnx"
-            deployed = export_ort_int8(model, task, path, mode=mode)
-        reference_path = export_onnx(base, task.inputs(2), folder / "baseline.fp32.onnx")
-        reference = OrtModule(reference_path)
+        path = folder / f"{safe_name(label)}{fmt.suffix}"
+        deployed = fmt.write(model, task, path, ExportOptions())
+        reference_path = folder / "baseline.fp32.onnx"
+        reference = fp32.write(base, task, reference_path, ExportOptions())
         keep = out is not None
         footprints = measure_many(
             [reference, deployed],
             task,
-            ios=[onnx_io(), onnx_io()],
+            ios=[fp32.make_io(), fmt.make_io()],
             artifacts=[reference_path if keep else None, path if keep else None],
             runtime="onnxruntime",
             threads=threads,

@@ -43,7 +43,7 @@ class _Bar:
             return
         for key, value in values.items():
             self._fields[key] = f"{key} {value:.4f}"
-        self._progress.update(self._task_id, advance=steps, **self._fields)
+        self._progress.update(self._task_id, advance=steps, **self._fields)  # type: ignore[arg-type]  # rich takes extra fields as **kwargs
 
 
 def enabled_by_default() -> bool:

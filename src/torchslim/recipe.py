@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from torchslim.artifacts import format_names
 from torchslim.errors import ConfigError
 from torchslim.techniques.base import (
     CONFIG_VERSION,
@@ -40,21 +41,22 @@ from torchslim.techniques.base import (
     config_to_dict,
 )
 
-EXPORT_FORMATS = ("torch", "sparse", "packed", "onnx", "onnx-int8")
 _TOP_LEVEL = ("name", "task", "steps")
 
 
 @dataclass(frozen=True)
 class Export:
-    """The recipe's final artifact format (``torch`` safetensors, ``sparse``, ``packed``,
-    ``onnx``, ``onnx-int8``)."""
+    """The recipe's final artifact format: one of the registered formats a recipe may name
+    (:func:`torchslim.artifacts.format_names`: ``torch`` safetensors, ``sparse``,
+    ``packed``, ``onnx``, ``onnx-int8``)."""
 
     format: str = "torch"
 
     def __post_init__(self) -> None:
-        if self.format not in EXPORT_FORMATS:
+        allowed = format_names(recipe=True)
+        if self.format not in allowed:
             raise ConfigError(
-                f"export format {self.format!r} is unknown; use one of {EXPORT_FORMATS}"
+                f"export format {self.format!r} is unknown; use one of {', '.join(allowed)}"
             )
 
 
@@ -121,7 +123,7 @@ class Recipe:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the canonical YAML atomically."""
-        from torchslim.checkpoint import write_text_atomic
+        from torchslim.fileio import write_text_atomic
 
         write_text_atomic(path, self.to_yaml())
 
@@ -191,6 +193,7 @@ def _parse(data: Any, lines: _Lines) -> Recipe:
     for index, raw in enumerate(raw_steps):
         step_node = lines.child(steps_node, index)
         where = lines.where(step_node)
+        fields: Any
         if isinstance(raw, str):
             kind, fields = raw, {}
             fields_node = None

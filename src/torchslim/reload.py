@@ -23,13 +23,17 @@ import copy
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from torchslim.artifacts import StructureRecords, register_structure_records
 from torchslim.errors import CheckpointError
 from torchslim.structure import apply_structure, build_module, describe_module
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 ATTRIBUTES = ("num_heads", "head_dim")
 """Integer attributes recorded when they change (fused-qkv attention after pruning)."""
@@ -135,7 +139,9 @@ def structure_record(model: nn.Module, reference: nn.Module | None) -> dict[str,
         if value:
             record[key] = value
     if isinstance(model, EarlyExitModel):
-        heads = [[describe_module(layer) for layer in head] for head in model.heads]
+        heads = [
+            [describe_module(layer) for layer in head.children()] for head in model.heads.children()
+        ]
         if any(layer is None for head in heads for layer in head):
             raise CheckpointError("an early-exit head holds a module with no description")
         record["early_exit"] = {
@@ -156,7 +162,7 @@ def _record_tensors(
             resized[f"{name}.{key}" if name else key] = list(tensor.shape)
 
 
-def reference_of(task: Any) -> nn.Module | None:
+def reference_of(task: Task | None) -> nn.Module | None:
     """The original model a task compresses (built-in architecture on the meta device)."""
     if task is None:
         return None
@@ -179,7 +185,7 @@ def reference_of(task: Any) -> nn.Module | None:
     return reference
 
 
-def artifact_spec(task: Any, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
+def artifact_spec(task: Task | None, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` plus how ``model`` differs from the task's original (keys already set stay)."""
     record = structure_record(model, reference_of(task))
     return {**spec, **{k: v for k, v in record.items() if k not in spec}}
@@ -307,13 +313,9 @@ def is_packed(spec: dict[str, Any]) -> bool:
 
 def load_into(path: str | os.PathLike[str], template: nn.Module) -> nn.Module:
     """Load a file (checkpoint, sparse or packed) into a copy of ``template``'s structure."""
-    from torchslim.checkpoint import load_checkpoint, read_spec
+    from torchslim.checkpoint import load_into as load_file_into
 
-    if is_packed(read_spec(path)):
-        from torchslim.export.packed import load_packed
-
-        return load_packed(path, template)
-    return load_checkpoint(path, model=copy.deepcopy(template))[0]
+    return load_file_into(path, template)
 
 
 def load(path: str | os.PathLike[str], model: Original | None = None) -> nn.Module:
@@ -424,3 +426,17 @@ def _with_student_hint(message: str) -> str:
             "architecture: pass its own factory, torchslim.load(path, model=make_student))",
         )
     return message
+
+
+def arch_record(model: nn.Module, arch: dict[str, Any]) -> dict[str, Any]:
+    """How ``model`` differs from the built-in architecture ``arch`` (``{"name", "kwargs"}``)."""
+    from torchslim.structure import reference_model
+
+    return structure_record(model, reference_model(arch))
+
+
+register_structure_records(
+    StructureRecords(
+        artifact_spec=artifact_spec, arch_record=arch_record, rebuild=rebuild, load=load
+    )
+)

@@ -11,7 +11,7 @@ decodes a tensor or looks up a task:
   Hugging Face config and module sizes) is at most the file's size in bytes (a width needs
   at least that many one-byte elements; sparse files: :func:`allocation_limit`), and sparse
   tensors decode to at most :func:`allocation_limit` bytes in all;
-* a task named by the file is only a hint: :func:`resolve_task` never follows it to a
+* a task named by the file is only a hint: :func:`torchslim.tasks.resolve_task` never follows it to a
   ``.py`` file or a path unless the user passes it (``--task``) or trusts it (``--trust-task``).
 
 Any violation is a :class:`~torchslim.errors.CheckpointError` naming the key and what was
@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from torchslim.errors import CheckpointError, TaskError
+from torchslim.errors import CheckpointError
 
 MAX_DEPTH = 16
 """Deepest JSON nesting a spec may have (torchslim's own specs are far shallower)."""
@@ -95,6 +95,18 @@ _TYPE_NAMES = {
     list: "a list",
     type(None): "null",
 }
+SUPPORTED_MODEL_TYPES = (
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "distilbert",
+    "electra",
+    "mpnet",
+    "albert",
+)
+"""Hugging Face ``model_type`` values torchslim loads (``torchslim.hf.loading``) and a
+transformer artifact may name."""
 _HF_KEYS: dict[str, tuple[type, ...]] = {
     "format": (str,),
     "kind": (str,),
@@ -278,8 +290,6 @@ def _validate_hf(entry: Any, where: str, max_int: int) -> None:
     if entry.get("pooling", "mean") not in ("mean", "cls", "max"):
         raise _fail(where, f"has 'hf.pooling' = {entry['pooling']!r}, expected mean, cls or max")
     config = entry["config"]
-    from torchslim.hf.loading import SUPPORTED_MODEL_TYPES  # imports no transformers
-
     if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise _fail(
             where,
@@ -484,57 +494,3 @@ def check_shapes(expected: Mapping[str, Any], state: Mapping[str, Any], source: 
                 f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model; "
                 "load it with the task or model it was saved from"
             )
-
-
-# ------------------------------------------------------------------ tasks named by files
-
-
-def is_code_reference(reference: str) -> bool:
-    """Whether a task reference would import a Python file (``path/file.py:function``)."""
-    head = reference.split("{", 1)[0]
-    return ":" in head and head.split(":", 1)[0].endswith(".py")
-
-
-def resolve_task(
-    spec: Mapping[str, Any],
-    given: str | None,
-    where: str,
-    *,
-    trust: bool = False,
-    data_dir: str | None = None,
-    option: str = "--task {}",
-) -> Any:
-    """The task for a checkpoint: ``given`` (the user's ``--task``) or the file's own hint.
-
-    A task named by the file is followed only when it is a built-in name; a ``.py`` file or
-    embedded options (paths to read) need ``trust=True`` (the CLI's ``--trust-task``).
-    ``option`` is how the user names a task on the command line (a format string).
-
-    Raises:
-        TaskError: no task, or the file's task would import code / read paths untrusted.
-    """
-    from torchslim import tasks
-
-    if given:
-        return tasks.get(given, data_dir=data_dir)
-    reference = spec.get("task")
-    if not reference:
-        raise TaskError(
-            f"{where} does not name its task; pass {option.format('NAME_OR_FILE.py:function')}"
-        )
-    if not trust:
-        if is_code_reference(reference):
-            raise TaskError(
-                f"{where} names the task file {reference[:200]}; a checkpoint never runs code on "
-                f"its own: pass {option.format(reference[:200])} (or --trust-task) if you trust that file"
-            )
-        name = reference.split("{", 1)[0]
-        if "{" in reference:
-            if tasks.TASK_OPTIONS.get("model_dir"):  # the user's own options: use those
-                return tasks.get(name, data_dir=data_dir)
-            raise TaskError(
-                f"{where} names task {name} with options that read files it names "
-                f"({reference[len(name) : len(name) + 160]}); pass --model-dir DIR (and "
-                "--texts/--data), or --trust-task if you trust the file"
-            )
-    return tasks.get(reference, data_dir=data_dir)

@@ -15,8 +15,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from torchslim.batches import (
+    Batch,
+    call_model,
+    describe_inputs,
+    eval_mode,
+    slice_inputs,
+    split_batch,
+    threads_fixed,
+)
 from torchslim.checkpoint import load_checkpoint, read_spec, save_checkpoint
 from torchslim.data import default_cache_dir
 from torchslim.errors import CheckpointError, ConfigError, ShapeError, TrainingError
@@ -35,52 +43,11 @@ from torchslim.progress import progress_bar
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-Batch = Any
 Objective = Callable[[nn.Module, Batch], torch.Tensor]
 StepHook = Callable[[nn.Module, int], None]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULES = ("cosine", "constant")
-
-
-@contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block; afterwards every submodule's ``.training`` flag is what it was before.
-
-    ``model.train(mode)`` sets one mode on every child, so a model whose submodules are in
-    mixed modes (a frozen BatchNorm in eval inside a training model) needs this instead.
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield model
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block with ``model`` in eval mode; every submodule's mode is restored, also on error."""
-    with preserved_modes(model):
-        model.eval()
-        yield model
-
-
-class threads_fixed:  # noqa: N801 - used as a context manager
-    """Fix torch's intra-op thread count for a block, then restore it."""
-
-    def __init__(self, threads: int) -> None:
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
-        self.threads = threads
-
-    def __enter__(self) -> threads_fixed:
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.previous)
 
 
 @dataclass(frozen=True)
@@ -138,52 +105,6 @@ class TrainResult:
     seconds: float
     final_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def split_batch(batch: Batch) -> tuple[Any, Any]:
-    """Split a batch into (inputs, target); target is None for unlabelled batches."""
-    if isinstance(batch, dict):
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "label")}
-        return inputs, batch.get("labels", batch.get("label"))
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 2:
-            return batch[0], batch[1]
-        if len(batch) == 1:
-            return batch[0], None
-    return batch, None
-
-
-def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """Call ``model`` on tensor, tuple or dict inputs (moved to the model's device)."""
-    from torchslim.device import model_device, to_device
-
-    inputs = to_device(inputs, model_device(model))
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def batch_size_of(inputs: Any) -> int:
-    """Number of samples in a batch of inputs."""
-    if isinstance(inputs, dict):
-        inputs = next(iter(inputs.values()))
-    if isinstance(inputs, (tuple, list)):
-        inputs = inputs[0]
-    return int(inputs.shape[0])
-
-
-def slice_inputs(inputs: Any, count: int) -> Any:
-    """The first ``count`` samples of a batch of inputs, repeated if the batch is smaller."""
-    if isinstance(inputs, dict):
-        return {k: slice_inputs(v, count) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(slice_inputs(v, count) for v in inputs)
-    if inputs.shape[0] < count:
-        reps = math.ceil(count / inputs.shape[0])
-        inputs = inputs.repeat(reps, *([1] * (inputs.dim() - 1)))
-    return inputs[:count].contiguous()
 
 
 def _hash_dataset(data: Dataset | DataLoader | None) -> str:
@@ -343,7 +264,7 @@ class Task:
             with eval_mode(model), torch.no_grad():
                 call_model(model, inputs)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            shape = _describe(inputs)
+            shape = describe_inputs(inputs)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ShapeError(
                 f"task {self.name!r}: the model rejects example inputs of shape {shape} ({first}); "
@@ -566,11 +487,3 @@ def _make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-
-
-def _describe(inputs: Any) -> str:
-    if isinstance(inputs, dict):
-        return "{" + ", ".join(f"{k}: {tuple(v.shape)}" for k, v in inputs.items()) + "}"
-    if isinstance(inputs, (tuple, list)):
-        return "(" + ", ".join(str(tuple(v.shape)) for v in inputs) + ")"
-    return str(tuple(inputs.shape))

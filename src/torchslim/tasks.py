@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,8 @@ def _hf_task(kind: str) -> Callable[..., Task]:
             )
         if "batch_sizes" in options:
             options["batch_sizes"] = tuple(options["batch_sizes"])
+        allowed: tuple[str, ...]
+        builder: Callable[..., Task]
         if kind == "text-embedding":
             allowed = ("model_dir", "texts", "pairs", "seq_len", "batch_sizes", "holdout")
             builder = hf_tasks.text_embedding_task
@@ -331,3 +333,56 @@ def _accepts(function: Callable[..., Any], argument: str) -> bool:
         return argument in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
+
+
+# ------------------------------------------------------------------ tasks named by files
+# (a checkpoint's ``task`` key: torchslim.spec checks its type, this decides whether to follow it)
+
+
+def is_code_reference(reference: str) -> bool:
+    """Whether a task reference would import a Python file (``path/file.py:function``)."""
+    head = reference.split("{", 1)[0]
+    return ":" in head and head.split(":", 1)[0].endswith(".py")
+
+
+def resolve_task(
+    spec: Mapping[str, Any],
+    given: str | None,
+    where: str,
+    *,
+    trust: bool = False,
+    data_dir: str | None = None,
+    option: str = "--task {}",
+) -> Task:
+    """The task for a checkpoint: ``given`` (the user's ``--task``) or the file's own hint.
+
+    A task named by the file is followed only when it is a built-in name; a ``.py`` file or
+    embedded options (paths to read) need ``trust=True`` (the CLI's ``--trust-task``).
+    ``option`` is how the user names a task on the command line (a format string).
+
+    Raises:
+        TaskError: no task, or the file's task would import code / read paths untrusted.
+    """
+    if given:
+        return get(given, data_dir=data_dir)
+    reference = spec.get("task")
+    if not reference:
+        raise TaskError(
+            f"{where} does not name its task; pass {option.format('NAME_OR_FILE.py:function')}"
+        )
+    if not trust:
+        if is_code_reference(reference):
+            raise TaskError(
+                f"{where} names the task file {reference[:200]}; a checkpoint never runs code on "
+                f"its own: pass {option.format(reference[:200])} (or --trust-task) if you trust that file"
+            )
+        name = reference.split("{", 1)[0]
+        if "{" in reference:
+            if TASK_OPTIONS.get("model_dir"):  # the user's own options: use those
+                return get(name, data_dir=data_dir)
+            raise TaskError(
+                f"{where} names task {name} with options that read files it names "
+                f"({reference[len(name) : len(name) + 160]}); pass --model-dir DIR (and "
+                "--texts/--data), or --trust-task if you trust the file"
+            )
+    return get(reference, data_dir=data_dir)

@@ -149,7 +149,7 @@ def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
             dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False
         ) as f:
             tmp_name = f.name
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:

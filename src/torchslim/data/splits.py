@@ -51,7 +51,7 @@ class Splits:
             for i, t in enumerate(getattr(self, split_name).tensors):
                 arr = np.ascontiguousarray(t.detach().cpu().numpy())
                 h.update(f"{split_name}[{i}]:{tuple(arr.shape)}:{arr.dtype.str};".encode())
-                h.update(arr.reshape(-1).view(np.uint8))
+                h.update(arr.reshape(-1).view(np.uint8).data)
         return h.hexdigest()
 
 
@@ -94,7 +94,10 @@ def make_splits(
                 f"[0, {num_classes}); use class ids 0..{num_classes - 1}"
             )
         datasets.append(TensorDataset(xt, yt))
-    return Splits(name, *datasets, num_classes=num_classes, class_names=class_names)
+    train_set, val_set, test_set = datasets
+    return Splits(
+        name, train_set, val_set, test_set, num_classes=num_classes, class_names=class_names
+    )
 
 
 def split_arrays(
@@ -152,7 +155,7 @@ def _can_stratify(y: np.ndarray, size: int) -> bool:
 
 def check_fraction(name: str, value: Any) -> None:
     """Raise ConfigError unless ``value`` is a number strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
         raise ConfigError(f"{name} must be a number in (0, 1), got {value!r}; pass e.g. 0.15")
 
 
@@ -175,5 +178,9 @@ def check_positive_int(name: str, value: Any) -> None:
 
 def check_seed(seed: Any) -> None:
     """Raise ConfigError unless ``seed`` is an integer in [0, 2**32) as numpy/sklearn need."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= int(seed) < 2**32
+    ):
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}; pass e.g. 0")

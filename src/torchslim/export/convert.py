@@ -1,10 +1,11 @@
 """``torchslim export``: turn a checkpoint into a deployable artifact.
 
-Formats: ``torch`` (plain safetensors checkpoint with its spec), ``onnx`` (fp32,
-dynamic batch axis), ``onnx-int8`` (ONNX Runtime int8: static QDQ calibrated on
-the task's data, or dynamic), ``packed`` (weights quantized to ``bits`` and
-bit-packed). Every export is loaded back and its metric measured on the task's
-test split, so the command reports what the artifact really scores.
+Formats: the registered artifact formats with a writer of their own
+(:func:`torchslim.artifacts.format_names` with ``export=True``): ``torch`` (plain
+safetensors checkpoint with its spec), ``onnx`` (fp32, dynamic batch axis), ``onnx-int8``
+(ONNX Runtime int8: static QDQ calibrated on the task's data, or dynamic), ``packed``
+(weights quantized to ``bits`` and bit-packed). Every export is loaded back and its metric
+measured on the task's test split, so the command reports what the artifact really scores.
 """
 
 from __future__ import annotations
@@ -14,17 +15,11 @@ from pathlib import Path
 
 from torch import nn
 
-from torchslim.checkpoint import read_checkpoint, save_checkpoint
+from torchslim.artifacts import ExportOptions, format_names, get_format
+from torchslim.batches import preserved_modes
+from torchslim.checkpoint import read_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task, preserved_modes
-
-FORMATS = ("torch", "onnx", "onnx-int8", "packed")
-SUFFIXES = {
-    "torch": ".safetensors",
-    "onnx": ".onnx",
-    "onnx-int8": ".int8.onnx",
-    "packed": ".packed.safetensors",
-}
+from torchslim.task import Task
 
 
 @dataclass
@@ -52,7 +47,7 @@ def load_source(
     artifact is a final form: it is only exported to ``onnx`` (``fmt``; its dequantized
     weights).
     """
-    from torchslim.spec import resolve_task
+    from torchslim.tasks import resolve_task
 
     _, spec = read_checkpoint(path)
     if spec.get("format", "").startswith("torchslim.packed") and fmt != "onnx":
@@ -71,38 +66,13 @@ def export_artifact(
     model: nn.Module, task: Task, fmt: str, out: str | Path, bits: int = 8, mode: str = "static"
 ) -> Exported:
     """Write ``model`` as ``fmt`` to ``out``, reload it, and measure its metric."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"export format {fmt!r} is unknown; use one of {FORMATS}")
+    writer = get_format(fmt, allowed=format_names(export=True))
     if mode not in ("static", "dynamic"):
         raise ConfigError(f"mode {mode!r} is unknown; use static or dynamic")
+    out = Path(out)
     with preserved_modes(model):  # exporters put the model in eval mode: modes come back
-        return _export(model, task, fmt, Path(out), bits, mode)
-
-
-def _export(model: nn.Module, task: Task, fmt: str, out: Path, bits: int, mode: str) -> Exported:
-    source_metric = task.evaluate(model)
-    if fmt == "torch":
-        from torchslim.reload import artifact_spec, load
-
-        save_checkpoint(model, out, artifact_spec(task, model, task.spec()))
-        reloaded = load(out, model=None if task.arch else task.build_model())
-    elif fmt == "onnx":
-        from torchslim.export.onnx import OrtModule, export_onnx
-
-        reloaded = OrtModule(export_onnx(model, task.inputs(2), out))
-    elif fmt == "onnx-int8":
-        from torchslim.export.onnx import export_ort_int8
-
-        reloaded = export_ort_int8(model, task, out, mode=mode)
-    else:
-        from torchslim.export.packed import load_packed, save_packed
-        from torchslim.techniques import CONFIGS, apply
-
-        quantized = apply(model, CONFIGS["static_quant"](bits=bits), task)
-        from torchslim.reload import artifact_spec
-
-        save_packed(quantized, out, artifact_spec(task, quantized, task.spec()))
-        reloaded = load_packed(out, quantized)
+        source_metric = task.evaluate(model)
+        reloaded = writer.write(model, task, out, ExportOptions(bits=bits, mode=mode))
     return Exported(fmt, out, out.stat().st_size, task.evaluate(reloaded), source_metric)
 
 
@@ -124,7 +94,8 @@ def default_output(source: str | Path, fmt: str) -> Path:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             stem = stem[: -len(suffix)]
             break
-    out = source.with_name(stem + (".export.safetensors" if fmt == "torch" else SUFFIXES[fmt]))
+    writer = get_format(fmt, allowed=format_names(export=True))
+    out = source.with_name(stem + (writer.export_suffix or writer.suffix))
     if out.exists() or out.is_symlink():
         raise ConfigError(
             f"the default output {out} exists already; pass --out PATH to choose the file "

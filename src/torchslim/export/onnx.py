@@ -17,6 +17,8 @@
   ``benchmark_latency`` work on the deployed artifact itself.
 * The ``onnxruntime`` runtime (``RUNTIMES["onnxruntime"]``) times a PyTorch model
   exported to fp32 ONNX, or an :class:`OrtModule` as it is.
+* This module registers the deployment formats ``onnx`` and ``onnx-int8`` (which claims
+  models with uniform-grid quantized layers: what ONNX Runtime int8 runs).
 """
 
 from __future__ import annotations
@@ -25,39 +27,44 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from torchslim.checkpoint import atomic_path
+from torchslim.artifacts import ArtifactFormat, ExportOptions, register_format
 from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.export.onnx_graph import gemm_to_matmul
 
 # the sessions live in export/ort.py; these names stay importable from here
 from torchslim.export.ort import (  # noqa: E402,F401
     KERNEL_FALLBACKS,
     OrtModule,
     OrtSession,
-    _as_tuple,
+    as_tuple,
     missing_kernel,
     onnx_io,
     ort_session,
     session_runner,
 )
+from torchslim.fileio import atomic_path
 from torchslim.hardware import PORTABLE_WEIGHT_BOUND, stamp_onnx
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
 from torchslim.techniques.fake_quant import to_float_model
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 DEFAULT_OPSET = 17
 _DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather")
 _OP_PATTERN = re.compile(r"'((?:aten|prim|onnx|quantized)::[\w.]+)'|operator (\w+::[\w.]+)")
 
 
-def input_names(count: int) -> list[str]:
+def default_input_names(count: int) -> list[str]:
     """Names of the ONNX graph's inputs: ``input`` or ``input_0``, ``input_1``, ..."""
     return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
 
@@ -68,19 +75,42 @@ def export_onnx(
     path: str | Path,
     opset: int = DEFAULT_OPSET,
     exporter: str = "torchscript",
+    *,
+    input_names: Sequence[str] | None = None,
+    output_name: str = "output",
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    float_copy: Callable[[nn.Module], nn.Module] = to_float_model,
 ) -> Path:
     """Export ``model`` to an fp32 ONNX file with a dynamic batch dimension.
+
+    The exported module is ``float_copy(model)``: by default a copy with every quantization
+    wrapper replaced by its float form (``to_float()``: fake-quant, codebook, int8 Linear
+    layers, embedding tables); the model itself is not changed. Models with keyword inputs (transformers: :mod:`torchslim.hf.export`) pass
+    their specifics as options.
+
+    Args:
+        input_names: graph input names; with dict ``example_inputs``, also which entries
+            are passed, in that order (default: ``input`` / ``input_0``, ``input_1``...).
+        output_name: the graph output's name.
+        dynamic_axes: ``{name: {axis: label}}`` (default: axis 0 of every input and the
+            output is ``batch``; TorchScript exporter only).
+        float_copy: makes the module that is exported (a transformer keeps its embedding
+            tables packed and switches to eager attention).
 
     Raises:
         UnsupportedError: the exporter cannot translate an operator (the message names it).
     """
     if exporter not in ("torchscript", "dynamo"):
         raise ConfigError(f"exporter {exporter!r} is unknown; use 'torchscript' or 'dynamo'")
-    plain = to_float_model(model).eval()
-    args = _as_tuple(example_inputs)
-    names = input_names(len(args))
+    plain = float_copy(model).eval()
+    if isinstance(example_inputs, dict) and input_names is not None:
+        args = tuple(example_inputs[name] for name in input_names)
+    else:
+        args = as_tuple(example_inputs)
+    names = list(input_names) if input_names is not None else default_input_names(len(args))
+    axes = dynamic_axes or {n: {0: "batch"} for n in [*names, output_name]}
     path = Path(path)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             if exporter == "torchscript":
@@ -90,8 +120,8 @@ def export_onnx(
                     str(tmp),
                     dynamo=False,
                     input_names=names,
-                    output_names=["output"],
-                    dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+                    output_names=[output_name],
+                    dynamic_axes=axes,
                     opset_version=opset,
                     do_constant_folding=True,
                 )
@@ -103,7 +133,7 @@ def export_onnx(
                     str(tmp),
                     dynamo=True,
                     input_names=names,
-                    output_names=["output"],
+                    output_names=[output_name],
                     dynamic_shapes=tuple({0: batch} for _ in args),
                     opset_version=max(opset, 18),
                     verbose=False,
@@ -121,65 +151,6 @@ def export_onnx(
     return path
 
 
-def _gemm_to_matmul(model: Any) -> Any:
-    """Rewrite ``Gemm`` nodes with a constant weight as ``MatMul`` + ``Add``.
-
-    ONNX Runtime's dynamic quantizer handles MatMul but not Gemm, which is what
-    the TorchScript exporter emits for ``nn.Linear``.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    nodes = []
-    for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (
-            node.op_type != "Gemm"
-            or node.input[1] not in inits
-            or attrs.get("transA", 0)
-            or attrs.get("alpha", 1.0) != 1.0
-            or attrs.get("beta", 1.0) != 1.0
-        ):
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = weight.T
-        weight_name = f"{node.input[1]}_matmul"
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), weight_name))
-        if len(node.input) > 2 and node.input[2]:
-            product = f"{node.output[0]}_matmul"
-            nodes.append(
-                helper.make_node(
-                    "MatMul", [node.input[0], weight_name], [product], name=f"{node.name}_MatMul"
-                )
-            )
-            nodes.append(
-                helper.make_node(
-                    "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_Add"
-                )
-            )
-        else:
-            nodes.append(
-                helper.make_node(
-                    "MatMul",
-                    [node.input[0], weight_name],
-                    list(node.output),
-                    name=f"{node.name}_MatMul",
-                )
-            )
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    keep = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    onnx.checker.check_model(model)
-    return model
-
-
 class _Reader:
     """An ONNX Runtime CalibrationDataReader over a list of input batches."""
 
@@ -187,7 +158,7 @@ class _Reader:
         self.feeds = [
             {
                 n: t.detach().cpu().numpy().astype(np.float32)
-                for n, t in zip(names, _as_tuple(b), strict=True)
+                for n, t in zip(names, as_tuple(b), strict=True)
             }
             for b in batches
         ]
@@ -268,7 +239,7 @@ def layer_qparams(model: nn.Module) -> dict[str, dict[str, Any]]:
         if not isinstance(layer, QuantizedLayer) or not layer.enabled:
             continue
         wq = layer.weight_quant
-        scale, zp = _int8_grid(wq._scale(layer.module.weight), wq.zero_point, wq.qmin, wq.qmax)
+        scale, zp = _int8_grid(wq.scale_of(layer.module.weight), wq.zero_point, wq.qmin, wq.qmax)
         # An all-zero (pruned) channel gets a degenerate scale (~1e-12): its weights are 0 on
         # any grid, but ONNX Runtime quantizes the bias with input_scale * weight_scale, and
         # such a step overflows int32. Give those channels the layer's largest scale.
@@ -362,6 +333,7 @@ def quantize_onnx(
     preprocess: bool = True,
     qparams: dict[str, dict[str, Any]] | None = None,
     reduce_range: bool = True,
+    op_types: Sequence[str] | None = None,
 ) -> Path:
     """Quantize an fp32 ONNX file with ONNX Runtime's quantizer.
 
@@ -381,6 +353,8 @@ def quantize_onnx(
             (``[-64, 64]``), which its u8s8 kernels compute exactly on every x86 CPU; with
             False they use the full int8 range, exact only on CPUs with VNNI / AMX and on ARM
             (docs/techniques.md). Grids given in ``qparams`` are used as they are.
+        op_types: the operators ``dynamic`` mode quantizes (default: MatMul, Attention,
+            LSTM, Gather; a transformer export passes MatMul, plus Gather for float tables).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -415,7 +389,7 @@ def quantize_onnx(
             shutil.copyfile(fp32_path, source)
         model = onnx.load(str(source))
         if mode == "dynamic":
-            model = _gemm_to_matmul(model)
+            model = gemm_to_matmul(model)
             onnx.save(model, str(source))
         exclude = _excluded_nodes(model, keep_float)
         names = [i.name for i in model.graph.input]
@@ -438,7 +412,7 @@ def quantize_onnx(
                 quantize_static(
                     str(source),
                     str(out),
-                    _Reader(calibration, names),
+                    _Reader(calibration or [], names),
                     quant_format=QuantFormat.QDQ,
                     per_channel=per_channel,
                     activation_type=QuantType.QInt8
@@ -456,7 +430,7 @@ def quantize_onnx(
                     str(out),
                     per_channel=per_channel,
                     weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(_DYNAMIC_OPS),
+                    op_types_to_quantize=list(op_types or _DYNAMIC_OPS),
                     nodes_to_exclude=exclude,
                     reduce_range=reduce_range,
                 )
@@ -466,7 +440,7 @@ def quantize_onnx(
 
 def export_ort_int8(
     model: nn.Module,
-    task: Any,
+    task: Task,
     path: str | Path,
     mode: str = "static",
     calibration_batches: int = 8,
@@ -547,3 +521,48 @@ def full_range_layers(model: nn.Module) -> list[str]:
 def _onnxruntime(model: nn.Module, example_inputs: Any) -> Any:
     """Time on ONNX Runtime (CPU): an OrtModule as is, any other model exported to fp32 ONNX."""
     return session_runner(OrtModule, model, example_inputs, export_onnx)
+
+
+def has_int_grid(model: nn.Module) -> bool:
+    """Whether the model has uniform-grid quantized layers (what ONNX Runtime int8 runs)."""
+    from torchslim.techniques.fake_quant import QuantizedLayer
+
+    return any(isinstance(m, QuantizedLayer) for m in model.modules())
+
+
+def int8_mode(model: nn.Module) -> str:
+    """The ONNX Runtime int8 mode a model's quantized layers simulate: ``dynamic`` when
+    their inputs are quantized at run time (dynamic PTQ), else ``static``."""
+    from torchslim.techniques.fake_quant import QuantizedLayer
+
+    modes = {
+        getattr(m.input_quant, "mode", "off")
+        for m in model.modules()
+        if isinstance(m, QuantizedLayer) and m.input_quant is not None
+    }
+    return "dynamic" if "dynamic" in modes and modes <= {"dynamic", "off"} else "static"
+
+
+def _write_onnx(model: nn.Module, task: Task, path: Path, options: ExportOptions) -> nn.Module:
+    return OrtModule(export_onnx(model, task.inputs(2), path))
+
+
+def _write_ort_int8(model: nn.Module, task: Task, path: Path, options: ExportOptions) -> nn.Module:
+    return export_ort_int8(model, task, path, mode=options.mode or int8_mode(model))
+
+
+register_format(
+    ArtifactFormat(
+        name="onnx", suffix=".onnx", io=onnx_io, export=_write_onnx, deploy=True, recipe=True
+    )
+)
+register_format(
+    ArtifactFormat(
+        name="onnx-int8",
+        suffix=".int8.onnx",
+        io=onnx_io,
+        claims=has_int_grid,
+        export=_write_ort_int8,
+        deploy=True,
+    )
+)

@@ -15,19 +15,22 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from torchslim.checkpoint import atomic_path
+from torchslim.artifacts import ArtifactIO
 from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.fileio import atomic_path
 from torchslim.hardware import warn_if_saturating
-from torchslim.measure import ArtifactIO
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 
-def _as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
+def as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(inputs, torch.Tensor):
         return (inputs,)
     if isinstance(inputs, (tuple, list)):
@@ -118,15 +121,18 @@ class OrtModule(OrtSession):
 
     def input_feeds(self, inputs: Any) -> dict[str, np.ndarray]:
         """The feeds of a model's inputs as a latency runner receives them."""
-        return self.feeds(*_as_tuple(inputs))
+        return self.feeds(*as_tuple(inputs))
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Run the session; returns the first output as a torch tensor."""
         return torch.from_numpy(self.session.run(None, self.feeds(*inputs))[0])
 
 
-def onnx_io() -> ArtifactIO:
-    """An ArtifactIO for :class:`OrtModule`: the artifact is the ``.onnx`` file itself."""
+def onnx_io(
+    task: Task | None = None, template: nn.Module | None = None, spec: Any = None
+) -> ArtifactIO:
+    """An ArtifactIO for :class:`OrtModule`: the artifact is the ``.onnx`` file itself
+    (the arguments, every format's ``io`` order, are not needed)."""
 
     def save(model: nn.Module, path: Path) -> None:
         if not isinstance(model, OrtModule):

@@ -21,6 +21,10 @@ with one zlib flag for the whole blob) still load.
 The JSON spec (safetensors metadata) lists the packed entries with their bits.
 Loading fills a copy of the quantized model's structure and reproduces its
 dequantized weights exactly.
+
+This module registers the ``packed`` artifact format: it claims models with quantized or
+codebook layers (and refuses to let them be written as ``torch``), and ``torchslim export
+--format packed`` quantizes a float model to ``bits`` first.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import copy
 import json
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,11 +41,22 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from torchslim.checkpoint import SPEC_KEY, atomic_path
+from torchslim.artifacts import (
+    ArtifactFormat,
+    ArtifactIO,
+    ExportOptions,
+    artifact_spec,
+    register_format,
+)
+from torchslim.checkpoint import SPEC_KEY
 from torchslim.errors import CheckpointError
+from torchslim.fileio import atomic_path
 from torchslim.hardware import spec_record
 from torchslim.techniques.codebook import CodebookLayer
 from torchslim.techniques.fake_quant import QuantizedLayer
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 FORMAT = "torchslim.packed/2"
 FORMATS = ("torchslim.packed/1", FORMAT)
@@ -336,12 +351,59 @@ def _checked_payload(handle: Any, path: Path) -> dict[str, Any]:
     return validate_spec(payload, where, path.stat().st_size, list(handle.keys()))
 
 
-def packed_io(template: nn.Module, spec: dict[str, Any] | None = None):
-    """An :class:`~torchslim.measure.ArtifactIO` writing the packed format (for ``measure``)."""
-    from torchslim.measure import ArtifactIO
+def packed_io(
+    task: Task | None = None,
+    template: nn.Module | None = None,
+    spec: dict[str, Any] | None = None,
+) -> ArtifactIO:
+    """An :class:`~torchslim.artifacts.ArtifactIO` writing the packed format (for ``measure``).
 
-    return ArtifactIO(
-        save=lambda model, path: save_packed(model, path, spec),
-        load=lambda path: load_packed(path, template),
+    Args:
+        task: supplies the spec (the task's, plus how the saved model differs from the
+            task's original) when ``spec`` is None.
+        template: the quantized model whose structure the file loads into (required).
+        spec: the JSON spec to store.
+    """
+    if template is None:
+        raise CheckpointError("packed_io needs template=, the quantized model it loads into")
+    structure: nn.Module = template
+
+    def save(model: nn.Module, path: Path) -> None:
+        chosen = spec
+        if chosen is None and task is not None:
+            chosen = artifact_spec(task, model, task.spec())
+        save_packed(model, path, chosen)
+
+    return ArtifactIO(save=save, load=lambda path: load_packed(path, structure))
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` has quantized (uniform grid) or codebook layers: a packed artifact."""
+    return any(isinstance(m, (QuantizedLayer, CodebookLayer)) for m in model.modules())
+
+
+def _export_packed(model: nn.Module, task: Task, path: Path, options: ExportOptions) -> nn.Module:
+    """``torchslim export --format packed``: static int ``bits`` quantization, then packed."""
+    from torchslim.techniques.base import apply
+    from torchslim.techniques.quantization import StaticQuant
+
+    quantized = apply(model, StaticQuant(bits=options.bits), task)
+    save_packed(quantized, path, artifact_spec(task, quantized, task.spec()))
+    return load_packed(path, quantized)
+
+
+PACKED_FORMAT = register_format(
+    ArtifactFormat(
+        name="packed",
         suffix=".safetensors",
+        export_suffix=".packed.safetensors",
+        io=packed_io,
+        claims=is_quantized,
+        priority=20,
+        refuses=("torch",),
+        export=_export_packed,
+        reads=lambda spec: str(spec.get("format", "")).startswith("torchslim.packed"),
+        load_into=lambda path, template: load_packed(path, template),
+        records=("packed", "zeros", "halves", "n32", "n16", "zlib"),
     )
+)

@@ -11,27 +11,46 @@ Each floating-point tensor is stored in whichever of three encodings is smallest
 The encoding of every tensor lives in the checkpoint spec under ``"sparse"``, and
 :func:`torchslim.checkpoint.read_checkpoint` decodes it, so a sparse file loads anywhere a
 checkpoint does (``torchslim measure model.safetensors`` included).
+
+This module registers the ``sparse`` artifact format: it claims models whose weight matrices
+are at least :data:`SPARSE_THRESHOLD` zeros.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from torchslim.checkpoint import _plain_state, build_from_spec, load_checkpoint, save_checkpoint
+from torchslim.artifacts import ArtifactFormat, ArtifactIO, artifact_spec, register_format
+from torchslim.checkpoint import build_from_spec, load_checkpoint, plain_state, save_checkpoint
 from torchslim.errors import CheckpointError
-from torchslim.measure import ArtifactIO
+from torchslim.measure import effective_parameters
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 FORMAT = "torchslim.sparse/1"
 MASK_SUFFIX = ".__bitmask__"
 INDEX_SUFFIX = ".__relidx__"
 VALUES_SUFFIX = ".__values__"
 MAX_GAP = 256
+SPARSE_THRESHOLD = 0.3
+"""Weight sparsity from which the sparse format is chosen automatically."""
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Share of zero values among weight matrices / kernels (dim >= 2)."""
+    total = zeros = 0
+    for _, tensor in effective_parameters(model):
+        if tensor.dim() >= 2:
+            total += tensor.numel()
+            zeros += int((tensor == 0).sum())
+    return zeros / total if total else 0.0
 
 
 def _relidx_entries(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,16 +173,18 @@ def decode_state(
 
 def save_sparse(model: nn.Module, path: str | Path, spec: dict[str, Any] | None = None) -> int:
     """Save ``model`` (pruning masks folded in) as a sparse safetensors file; return its bytes."""
-    tensors, sparse = encode_state(_plain_state(model))
+    tensors, sparse = encode_state(plain_state(model))
     payload = dict(spec or {})
     payload["sparse"] = sparse
     return save_checkpoint(model, path, payload, tensors=tensors)
 
 
 def sparse_io(
-    task: Any = None, template: nn.Module | None = None, spec: dict[str, Any] | None = None
+    task: Task | None = None,
+    template: nn.Module | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> ArtifactIO:
-    """An :class:`~torchslim.measure.ArtifactIO` writing sparse safetensors files.
+    """An :class:`~torchslim.artifacts.ArtifactIO` writing sparse safetensors files.
 
     ``measure(model, task, io=sparse_io(task, model))`` reports the real sparse file's
     bytes and checks that it reloads to identical outputs.
@@ -174,13 +195,12 @@ def sparse_io(
             reference architecture.
         spec: the JSON spec to store (default: the task's).
     """
-    if spec is None:
-        spec = task.spec() if task is not None else {}
+    chosen: dict[str, Any] = spec if spec is not None else task.spec() if task is not None else {}
 
     def save(model: nn.Module, path: Path) -> None:
-        from torchslim.reload import artifact_spec
-
-        save_sparse(model, path, artifact_spec(task, model, spec) if "arch" not in spec else spec)
+        save_sparse(
+            model, path, artifact_spec(task, model, chosen) if "arch" not in chosen else chosen
+        )
 
     def load(path: Path) -> nn.Module:
         def build(saved: dict[str, Any]) -> nn.Module:
@@ -197,3 +217,17 @@ def sparse_io(
         return load_checkpoint(path, build=build)[0]
 
     return ArtifactIO(save, load)
+
+
+SPARSE_FORMAT = register_format(
+    ArtifactFormat(
+        name="sparse",
+        suffix=".safetensors",
+        io=sparse_io,
+        claims=lambda model: weight_sparsity(model) >= SPARSE_THRESHOLD,
+        priority=10,
+        decodes="sparse",
+        decode=decode_state,
+        records=("sparse",),
+    )
+)

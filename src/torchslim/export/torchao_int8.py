@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 
 def _torchao() -> Any:
@@ -70,10 +73,10 @@ def _inductor(model: nn.Module, example_inputs: Any) -> Any:
     """Time a model compiled with torch.compile (inductor, freezing on), compiled on the inputs."""
     from torch._inductor import config as inductor_config
 
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     model.eval()
-    compiled = torch.compile(model, dynamic=False)
+    compiled: Any = torch.compile(model, dynamic=False)
     with inductor_config.patch(freezing=True), torch.inference_mode():
         call_model(compiled, example_inputs)
 
@@ -84,13 +87,19 @@ def _inductor(model: nn.Module, example_inputs: Any) -> Any:
     return run
 
 
-def torchao_io(template: nn.Module) -> Any:
+def torchao_io(
+    task: Task | None = None, template: nn.Module | None = None, spec: Any = None
+) -> Any:
     """An ArtifactIO for torchao models: ``torch.save`` of the state dict, read back with
-    ``torch.load(weights_only=True)`` (torchao registers its tensor types as safe)."""
+    ``torch.load(weights_only=True)`` (torchao registers its tensor types as safe) into a
+    copy of ``template`` (required; ``task`` and ``spec`` are not used)."""
     from pathlib import Path
 
-    from torchslim.checkpoint import atomic_path
-    from torchslim.measure import ArtifactIO
+    from torchslim.artifacts import ArtifactIO
+    from torchslim.fileio import atomic_path
+
+    if template is None:
+        raise ConfigError("torchao_io needs template=, the torchao model it loads into")
 
     def save(model: nn.Module, path: Path) -> None:
         with atomic_path(path) as tmp:

@@ -9,10 +9,13 @@ Modules (``transformers`` is imported lazily, only when a model is loaded):
 * :mod:`torchslim.hf.tasks` -- the ``text-embedding`` and ``text-classification`` tasks.
 * :mod:`torchslim.hf.metrics` -- embedding fidelity (mean / min cosine, nearest-neighbour
   agreement, Spearman on gold pairs).
-* :mod:`torchslim.hf.quant` -- int8 Linear layers (per-channel weights, dynamic activations)
-  and 8 / 4-bit embedding tables (``embedding_quant`` technique).
+* :mod:`torchslim.hf.structure`, :mod:`torchslim.hf.layerdrop`, :mod:`torchslim.hf.distill`
+  -- encoder surgery (head / FFN pruning, layer drop) and embedding distillation.
 * :mod:`torchslim.hf.export` -- ONNX export with dynamic batch and sequence axes, ONNX
   Runtime int8, parity checks; never changes the user's model.
+
+int8 Linear layers and 4 / 8-bit embedding tables work on any model: they live in
+:mod:`torchslim.techniques.int8_linear` and :mod:`torchslim.techniques.embedding_quant`.
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.batches import call_model, split_batch
 from torchslim.errors import ConfigError, ShapeError
 from torchslim.hf.structure import encoder_layers
-from torchslim.task import Task, TrainResult, call_model, split_batch
+from torchslim.task import Task, TrainResult
 from torchslim.techniques.base import (
     ApplyContext,
     TechniqueConfig,
@@ -155,7 +156,7 @@ def distill_encoder(
     drops = [] if dropout else [(m, m.p) for m in student.modules() if isinstance(m, nn.Dropout)]
     for module, _ in drops:
         module.p = 0.0
-    frozen = []
+    frozen: list[Any] = []
     if freeze_embeddings:
         for module in student.modules():
             if isinstance(module, nn.Embedding):

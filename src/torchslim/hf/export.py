@@ -2,10 +2,10 @@
 
 * :func:`export_onnx` writes an ONNX graph with inputs ``input_ids``, ``attention_mask``
   (and ``token_type_ids`` when the model uses them), dynamic ``batch`` and ``sequence``
-  axes, and one output (``embeddings`` or ``logits``). :class:`~torchslim.hf.quant.Int8Linear`
+  axes, and one output (``embeddings`` or ``logits``). :class:`~torchslim.techniques.int8_linear.Int8Linear`
   layers are exported as float MatMuls holding their dequantized weights (ONNX Runtime's
   dynamic quantizer turns them back into the same per-channel int8 grid);
-  :class:`~torchslim.hf.quant.QuantEmbedding` tables stay packed (Gather on uint8 codes).
+  :class:`~torchslim.techniques.embedding_quant.QuantEmbedding` tables stay packed (Gather on uint8 codes).
 * :func:`export_ort_int8` -- fp32 export, then ``quantize_dynamic(per_channel=True)`` of the
   MatMuls (``quantize_gather=True`` also quantizes float embedding tables to 8 bits, as
   ONNX Runtime's default does).
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchslim.checkpoint import atomic_path
-from torchslim.errors import ConfigError, UnsupportedError
-from torchslim.export.onnx import OrtSession, session_runner
-from torchslim.hardware import stamp_onnx
+from torchslim.errors import ConfigError
+from torchslim.export.onnx import OrtSession, quantize_onnx, session_runner
+from torchslim.export.onnx import export_onnx as generic_export_onnx
+from torchslim.fileio import atomic_path
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
 
@@ -59,8 +59,8 @@ def modes_preserved(model: nn.Module) -> Iterator[None]:
 
 def export_copy(model: nn.Module, float_linears: bool = True) -> nn.Module:
     """An eval-mode copy for export: int8 Linear layers back to float, embeddings kept packed."""
-    from torchslim.hf.quant import Int8Linear
     from torchslim.techniques.fake_quant import set_module
+    from torchslim.techniques.int8_linear import Int8Linear
 
     with modes_preserved(model):
         plain = copy.deepcopy(model)
@@ -104,44 +104,29 @@ def export_onnx(
 ) -> Path:
     """Export an encoder / classifier to fp32 ONNX with dynamic batch and sequence axes.
 
+    The one exporter (:func:`torchslim.export.onnx.export_onnx`) with the transformer
+    specifics as its options: token inputs in :data:`INPUT_ORDER`, ``batch`` and
+    ``sequence`` axes, the output named ``embeddings`` or ``logits``, and :func:`export_copy`
+    (int8 Linear layers to float, embedding tables kept packed, eager attention).
+
     Raises:
         UnsupportedError: the exporter cannot translate an operator (named in the message).
     """
     names = _ordered_inputs(model, example_inputs)
     output = "embeddings" if type(model).__name__ == "SentenceEncoder" else "logits"
-    args = tuple(example_inputs[n] for n in names)
-    plain = export_copy(model)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[output] = {0: "batch"}
-    path = Path(path)
-    with (
-        modes_preserved(model),
-        atomic_path(path) as tmp,
-        warnings.catch_warnings(),
-        torch.no_grad(),
-    ):
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                plain,
-                args,
-                str(tmp),
-                dynamo=False,
-                input_names=names,
-                output_names=[output],
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-        except Exception as exc:  # noqa: BLE001 - exporters raise many types
-            first = (
-                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            )
-            raise UnsupportedError(
-                f"ONNX export of {type(model).__name__} failed ({first}); keep this model on "
-                "the torch runtime"
-            ) from exc
-    return path
+    with modes_preserved(model):
+        return generic_export_onnx(
+            model,
+            example_inputs,
+            path,
+            opset,
+            input_names=names,
+            output_name=output,
+            dynamic_axes=axes,
+            float_copy=export_copy,
+        )
 
 
 def quantize_dynamic_int8(
@@ -157,27 +142,14 @@ def quantize_dynamic_int8(
     which its u8s8 kernels compute exactly on every x86 CPU; False uses the full int8
     range, exact only with VNNI / AMX or on ARM (docs/techniques.md).
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
-
-    from torchslim.export.onnx import _gemm_to_matmul
-
-    with quiet_logs(""), tempfile.TemporaryDirectory(prefix="torchslim-hf-onnx-") as tmp:
-        source = Path(tmp) / "source.onnx"
-        quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
-        model = _gemm_to_matmul(onnx.load(str(source)))
-        onnx.save(model, str(source))
-        with atomic_path(path) as out:
-            quantize_dynamic(
-                str(source),
-                str(out),
-                per_channel=per_channel,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gather"] if quantize_gather else ["MatMul"],
-                reduce_range=reduce_range,
-            )
-    stamp_onnx(path)
-    return Path(path)
+    return quantize_onnx(
+        fp32_path,
+        path,
+        mode="dynamic",
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        op_types=("MatMul", "Gather") if quantize_gather else ("MatMul",),
+    )
 
 
 def ort_default_int8(fp32_path: str | Path, path: str | Path) -> Path:
@@ -200,14 +172,13 @@ def export_ort_int8(
 
     With ``portable`` (default) the weights use ONNX Runtime's 7-bit grid ``[-64, 64]``, so
     the file computes the same integers on every CPU: an
-    :class:`~torchslim.hf.quant.Int8Linear` made with ``reduce_range`` (the default for
+    :class:`~torchslim.techniques.int8_linear.Int8Linear` made with ``reduce_range`` (the default for
     ``act="tensor"``) is re-quantized onto its own integers; one on the full int8 grid is
     re-quantized to 7 bits (a warning says so). ``portable=False`` keeps the full range,
     exact only on CPUs with VNNI / AMX and on ARM.
     """
-    import warnings
 
-    from torchslim.hf.quant import Int8Linear
+    from torchslim.techniques.int8_linear import Int8Linear
 
     wide = [n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.qmax > 64]
     if portable and wide:
@@ -273,6 +244,18 @@ def export_ort_nbits(
         return quantize_nbits(fp32, path, **options)
 
 
+def torchao_model(model: nn.Module, mode: str = "dynamic") -> nn.Module:
+    """A copy for PyTorch int8 speed: int8 Linear layers back to float, then torchao int8.
+
+    torchao re-quantizes each Linear with the same symmetric per-channel int8 grid (and
+    per-token dynamic int8 activations); packed embedding tables stay packed. Time it with
+    the ``inductor`` runtime (torch.compile with freezing).
+    """
+    from torchslim.export.torchao_int8 import quantize_torchao
+
+    return quantize_torchao(export_copy(model), mode, inplace=True)
+
+
 class OrtEncoder(OrtSession):
     """An exported encoder / classifier run by ONNX Runtime, called like the torch model
     (keyword token inputs)."""
@@ -299,7 +282,7 @@ class OrtEncoder(OrtSession):
 @torch.no_grad()
 def parity(model: nn.Module, onnx_model: OrtEncoder, inputs: dict[str, torch.Tensor]) -> float:
     """Max absolute difference between the torch model and the ONNX model on ``inputs``."""
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     with modes_preserved(model):
         model.eval()

@@ -24,7 +24,7 @@ from typing import Literal
 from torch import nn
 
 from torchslim.errors import ConfigError
-from torchslim.hf.structure import _keep_layers, encoder_layers
+from torchslim.hf.structure import encoder_layers, keep_layers
 from torchslim.techniques.base import (
     ApplyContext,
     TechniqueConfig,
@@ -69,7 +69,7 @@ def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
         raise ConfigError(
             f"layer_drop.layers {bad} are out of range; the model has layers 0..{n - 1}"
         )
-    return _keep_layers(model, sorted(keep))
+    return keep_layers(model, sorted(keep))
 
 
 @register_config

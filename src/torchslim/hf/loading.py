@@ -47,24 +47,19 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from torchslim.artifacts import ArtifactFormat, ArtifactIO, module_type, register_format
 from torchslim.errors import CheckpointError, ConfigError, DataError, UnsupportedError
+from torchslim.spec import SUPPORTED_MODEL_TYPES
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 ARTIFACT_FORMAT = "torchslim.hf/1"
-SUPPORTED_MODEL_TYPES = (
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "camembert",
-    "distilbert",
-    "electra",
-    "mpnet",
-    "albert",
-)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model")
 _POOLING_KEYS = {
@@ -369,11 +364,9 @@ def describe(module: nn.Module) -> dict[str, Any] | None:
 
 def build(description: dict[str, Any]) -> nn.Module:
     """An empty module from :func:`describe`'s output."""
-    kind = description.get("type")
-    from torchslim.hf import quant
-
-    if kind in quant.MODULE_TYPES:
-        return quant.MODULE_TYPES[kind].build(description)
+    cls = module_type(description.get("type"))
+    if cls is not None:
+        return cls.build(description)
     from torchslim.structure import build_module
 
     return build_module(description)
@@ -426,23 +419,30 @@ def save_artifact(model: nn.Module, path: str | Path, spec: dict[str, Any] | Non
 
     ``spec`` adds provenance (e.g. ``task.spec()``); the model is not modified.
     """
-    from torchslim.checkpoint import _plain_state, save_checkpoint
+    from torchslim.checkpoint import plain_state, save_checkpoint
 
     payload = dict(spec or {})
     payload["hf"] = artifact_spec(model)
-    state = {f"backbone.{k}": v for k, v in _plain_state(_wrapper_of(model).backbone).items()}
+    state = {f"backbone.{k}": v for k, v in plain_state(_wrapper_of(model).backbone).items()}
     return save_checkpoint(model, path, payload, tensors=state)
 
 
-def artifact_io(spec: dict[str, Any] | None = None) -> Any:
-    """An :class:`~torchslim.measure.ArtifactIO` for ``measure`` / ``measure_many``: the
-    transformer artifact (:func:`save_artifact`), loaded back with :func:`load_artifact`."""
-    from torchslim.measure import ArtifactIO
-
+def artifact_io(
+    task: Task | None = None, template: nn.Module | None = None, spec: Any = None
+) -> Any:
+    """An :class:`~torchslim.artifacts.ArtifactIO` for ``measure`` / ``measure_many``: the
+    transformer artifact (:func:`save_artifact`; ``spec`` or the task's as provenance),
+    loaded back with :func:`load_artifact` (it rebuilds from the file alone)."""
+    chosen = spec if spec is not None else task.spec() if task is not None else None
     return ArtifactIO(
-        save=lambda model, path: save_artifact(model, path, spec),
+        save=lambda model, path: save_artifact(model, path, chosen),
         load=lambda path: load_artifact(path)[0],
     )
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face encoder / classifier torchslim loaded."""
+    return isinstance(model, _Wrapper)
 
 
 def _layer_count(state: dict[str, torch.Tensor]) -> int | None:
@@ -574,3 +574,17 @@ def _try_import_structure() -> None:
             importlib.import_module(name)
         except ImportError:
             logging.getLogger(__name__).debug("optional module %s not importable", name)
+
+
+register_format(
+    ArtifactFormat(
+        name="hf",
+        suffix=".safetensors",
+        io=artifact_io,
+        claims=is_hf_model,
+        priority=30,
+        replaces=("torch", "sparse"),  # packed / ONNX stay what they are
+        recipe=False,
+        records=("hf",),
+    )
+)

@@ -23,7 +23,7 @@ from torchslim.errors import ConfigError
 @torch.no_grad()
 def embed(model: nn.Module, loader: DataLoader) -> torch.Tensor:
     """Embeddings of every sample of ``loader`` (model left in its mode; eval while running)."""
-    from torchslim.task import call_model, split_batch
+    from torchslim.batches import call_model, split_batch
 
     was_training = getattr(model, "training", False)
     model.eval()
@@ -102,7 +102,7 @@ class EmbeddingFidelity:
         """Spearman correlation of ``model``'s pair cosine similarities with the gold scores."""
         if self.pairs is None:
             return None
-        from torchslim.task import call_model
+        from torchslim.batches import call_model
 
         first, second, gold = self.pairs
         was_training = getattr(model, "training", False)

@@ -62,6 +62,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from torchslim.batches import calibration_batches
 from torchslim.errors import CheckpointError, ConfigError, UnsupportedError
 from torchslim.techniques.base import (
     ApplyContext,
@@ -69,6 +70,7 @@ from torchslim.techniques.base import (
     register_config,
     register_handler,
 )
+from torchslim.techniques.int8_linear import register_value_out_finder
 
 SPEC_KEY = "hf_structure"
 
@@ -337,7 +339,7 @@ def taylor_scores(
     Raises:
         ConfigError: no calibration batches.
     """
-    from torchslim.task import call_model, eval_mode, split_batch
+    from torchslim.batches import call_model, eval_mode, split_batch
 
     layers = encoder_layers(model)
     gates = _Gates(layers)
@@ -386,7 +388,7 @@ def activation_scores(
     a neuron's, the mean of ``|a_neuron| · ‖W_2[:, neuron]‖`` (Wanda-style: weights times
     activations). Forward passes only.
     """
-    from torchslim.task import call_model, eval_mode, split_batch
+    from torchslim.batches import call_model, eval_mode, split_batch
 
     layers = encoder_layers(model)
     device = enc_device(layers)
@@ -464,7 +466,7 @@ def _global_counts(
     """Units to keep per layer when the lowest-scoring units over all layers go."""
     total = sum(len(s) for s in scores)
     remove = int(round(ratio * total))
-    entries = []
+    entries: list[Any] = []
     for layer, s in enumerate(scores):
         values = s / s.mean().clamp_min(1e-30) if normalize else s
         entries.extend((float(v), layer) for v in values)
@@ -591,20 +593,6 @@ class FFNPruning(_EncoderPruning):
             raise ConfigError(
                 f"ffn_pruning.multiple must be an integer >= 1, got {self.multiple!r}"
             )
-
-
-def calibration_batches(task: Any, count: int, what: str) -> list[Any]:
-    """Up to ``count`` batches of the task's train split (its test split when it has none)."""
-    if task is None:
-        hint = ", or use importance='magnitude'" if "importance" in what else ""
-        raise ConfigError(f"{what} needs calibration data; pass task= to apply{hint}")
-    split = "train" if getattr(task, "train", None) is not None else "test"
-    batches = []
-    for batch in task.loader(split, shuffle=False):
-        batches.append(batch)
-        if len(batches) >= count:
-            break
-    return batches
 
 
 def _scores(model: nn.Module, config: _EncoderPruning, context: ApplyContext):
@@ -763,7 +751,7 @@ def apply_encoder_structure(model: nn.Module, record: dict[str, Any]) -> nn.Modu
         raise CheckpointError(
             f"checkpoint {SPEC_KEY} has {len(entries)} layers; the model has {len(layers)}"
         )
-    _keep_layers(model, list(range(len(entries))), record_teacher=False)
+    keep_layers(model, list(range(len(entries))), record_teacher=False)
     for enc, entry in zip(encoder_layers(model), entries, strict=True):
         heads, size, width = (
             int(entry["heads"]),
@@ -793,7 +781,7 @@ def apply_encoder_structure(model: nn.Module, record: dict[str, Any]) -> nn.Modu
 # ------------------------------------------------------------------ layer dropping (shared)
 
 
-def _keep_layers(model: nn.Module, keep: list[int], record_teacher: bool = True) -> nn.Module:
+def keep_layers(model: nn.Module, keep: list[int], record_teacher: bool = True) -> nn.Module:
     """Keep only the encoder layers at ``keep`` (sorted, in place); update the HF config."""
     name, modules, layers = find_encoder(model)
     kept = [layers[i].layer for i in keep]
@@ -840,3 +828,16 @@ except ImportError:  # pragma: no cover - loader not installed
     pass
 else:
     register_artifact_hook(SPEC_KEY, _artifact_save, _artifact_load)
+
+
+def attention_value_out_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """``(attention output projection, value projection)`` of each encoder layer (empty for
+    models that are not BERT-like encoders): SmoothQuant folds the one into the other."""
+    try:
+        _, _, layers = find_encoder(model)
+    except UnsupportedError:
+        return []
+    return [(layer.linear("out"), layer.linear("value")) for layer in layers]
+
+
+register_value_out_finder(attention_value_out_pairs)

@@ -204,9 +204,12 @@ def text_embedding_task(
         if isinstance(texts, (str, Path, type(None)))
         else None,
     )
-    task.latency = {"seq_len": seq_len, "batch_sizes": list(sizes)}
-    task.tokenizer = tokenizer
-    task.texts = text_list
+    # transformer-task extras (not Task fields) that the hf runtime and metrics read
+    vars(task).update(
+        latency={"seq_len": seq_len, "batch_sizes": list(sizes)},
+        tokenizer=tokenizer,
+        texts=text_list,
+    )
     return task
 
 
@@ -287,7 +290,8 @@ def text_classification_task(
         ),
         source=_reference("text-classification", options),
     )
-    task.latency = {"seq_len": seq_len, "batch_sizes": list(sizes)}
-    task.tokenizer = tokenizer
-    task.texts = texts
+    # transformer-task extras (not Task fields) that the hf runtime and metrics read
+    vars(task).update(
+        latency={"seq_len": seq_len, "batch_sizes": list(sizes)}, tokenizer=tokenizer, texts=texts
+    )
     return task

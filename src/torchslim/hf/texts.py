@@ -100,7 +100,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str, float]]:
     for number, record in rows:
         first, second, score = (record.get(k) for k in keys)
         try:
-            value = float(score)
+            value = float(score)  # type: ignore[arg-type]  # None raises TypeError: caught
         except (TypeError, ValueError) as exc:
             raise DataError(
                 f"pairs file {path} row {number}: score {score!r} is not a number"

@@ -10,15 +10,17 @@ import html
 import io
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torchslim.report.results import Report  # noqa: E402
 from torchslim.report.table import human_bytes, human_count, table_rows  # noqa: E402
+
+if TYPE_CHECKING:
+    from torchslim.report.results import Report
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -215,6 +217,6 @@ fake-quantized models measured in PyTorch; their deployed artifact appears on it
 
 def write_html(report: Report, path: str | os.PathLike[str]) -> None:
     """Write the report page atomically."""
-    from torchslim.checkpoint import write_text_atomic
+    from torchslim.fileio import write_text_atomic
 
     write_text_atomic(path, render_html(report))

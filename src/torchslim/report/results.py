@@ -255,7 +255,7 @@ class Report:
 
     def save(self, out: str | os.PathLike[str], html: bool = True) -> Path:
         """Write ``out/results.json`` (and ``out/report.html``); return the JSON path."""
-        from torchslim.checkpoint import write_text_atomic
+        from torchslim.fileio import write_text_atomic
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

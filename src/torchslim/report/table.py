@@ -48,6 +48,7 @@ def footprint_table(
         table.add_column(f"b1 ms ({first.runtime}, {first.threads}T)", justify="right")
         table.add_column(f"b{batch_n} ms", justify="right")
     compared = baseline is not None and len(rows) > 1
+    reference = baseline if baseline is not None else 0
     if compared:
         table.add_column("size x", justify="right")
         table.add_column("MACs x", justify="right")
@@ -68,7 +69,7 @@ def footprint_table(
                 f"{fp.latency_ms.get('batch_N', float('nan')):.3f}",
             ]
         if compared:
-            ratio = compare(rows[baseline][1], fp)
+            ratio = compare(rows[reference][1], fp)
             cells += [
                 f"{ratio.size_ratio:.2f}",
                 f"{ratio.macs_ratio:.2f}",

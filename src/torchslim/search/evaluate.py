@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -32,6 +32,9 @@ from torchslim.search.space import (
     build_recipe,
     recovery_kd,
 )
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 
 class StopTrial(Exception):
@@ -114,7 +117,7 @@ class Evaluator:
 
     def __init__(
         self,
-        task: Any,
+        task: Task,
         baseline: nn.Module,
         space: Space,
         budget: Budget,
@@ -139,7 +142,7 @@ class Evaluator:
         self.margin = margin
         self.loss_cap: float | None = None  # set by greedy refinement (see ``meets``)
         self.base_val: Footprint = measure(
-            baseline, task, split="val", latency=objective.needs_latency, **self._timing()
+            baseline, task, split="val", latency=objective.needs_latency, **self.timing()
         )
         self.records: dict[str, Record] = {}
         self.deployed_misses: list[str] = []  # candidates whose deployed file scored less
@@ -158,7 +161,7 @@ class Evaluator:
             self.keep.cleanup()
             self.keep = None
 
-    def _timing(self) -> dict[str, Any]:
+    def timing(self) -> dict[str, Any]:
         runtime = self.objective.runtime
         if runtime == "onnxruntime":
             runtime = "torch"  # eager baseline; int8 candidates are deployed to ORT and compared
@@ -220,7 +223,7 @@ class Evaluator:
             out=Path(self.keep.name) / f"c{len(self.records)}" if self.keep else None,
             # an onnxruntime objective compares the deployed model's latency only
             eager_latency=self.objective.runtime != "onnxruntime",
-            **self._timing(),
+            **self.timing(),
         )
         test_metric = self.task.evaluate(run.model, "test")
         if run.deployed is not None:  # the deployed file is what ships: judge by the worse

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -31,6 +31,9 @@ from torchslim.search.evaluate import Evaluator, Record
 from torchslim.search.greedy import allocate, greedy_search
 from torchslim.search.sensitivity import Curves, sensitivity
 from torchslim.search.space import allocation_key, build_space, default_knobs
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ def _check_limits(trials: int | None, time_limit: float | None, strategy: str) -
 
 
 def optimize(
-    task: Any,
+    task: Task,
     max_drop: float = 1.0,
     drop_type: str = "absolute",
     objective: str = "size",
@@ -177,7 +180,7 @@ def optimize(
         strategy = "optuna" if (storage or study or trials) else "greedy"
     if strategy == "greedy" and storage is not None:
         raise ConfigError("--storage applies to the optuna strategy; pass --strategy optuna")
-    storage_obj = None
+    storage_obj: Any = None
     if strategy == "optuna":
         from torchslim.search.optuna_search import open_storage
 
@@ -402,7 +405,7 @@ def pareto_front(records: list[Record]) -> list[Record]:
 
 
 def _finish(
-    task: Any,
+    task: Task,
     base: Any,
     evaluator: Evaluator,
     budget: Budget,
@@ -456,7 +459,7 @@ def _finish(
             out=out,
             name=label,
             latency=timed,
-            runtime=evaluator._timing()["runtime"],
+            runtime=evaluator.timing()["runtime"],
             threads=evaluator.threads,
             split="test",
         )
@@ -529,7 +532,7 @@ FINALISTS = 4
 
 
 def retime_finalists(
-    task: Any, feasible: list[Record], evaluator: Evaluator, notes: list[str]
+    task: Task, feasible: list[Record], evaluator: Evaluator, notes: list[str]
 ) -> list[Record]:
     """Time the fastest feasible candidates' deployed ONNX files together, fastest first.
 
@@ -556,7 +559,7 @@ def retime_finalists(
     ]
     if len(finalists) < 2:
         return feasible
-    models = [OrtModule(r.candidate.deployed.artifact) for r in finalists]
+    models = [OrtModule(r.candidate.deployed.artifact) for r in finalists]  # type: ignore[union-attr,arg-type]  # filtered above
     stats = benchmark_latency(
         models,
         task.inputs(evaluator.objective.batch),

@@ -138,7 +138,7 @@ def open_study(
 ) -> optuna.Study:
     """Create or load a study; refuse one that was made for another task or objective."""
     name = name or f"torchslim-{fingerprint[:12]}"
-    directions = ["minimize", "minimize"] if multi else ["minimize"]
+    directions: list[Any] = ["minimize", "minimize"] if multi else ["minimize"]
     sampler: optuna.samplers.BaseSampler
     if multi:
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=12)

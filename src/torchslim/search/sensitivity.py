@@ -24,23 +24,27 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from torchslim.checkpoint import write_text_atomic
 from torchslim.data import default_cache_dir
 from torchslim.errors import TorchslimError
+from torchslim.fileio import write_text_atomic
 from torchslim.progress import progress_bar
 from torchslim.search.space import Space, build_recipe, knob_of, recovery_kd, recovery_step
 from torchslim.techniques.base import ApplyContext, apply
 from torchslim.techniques.knobs import pipeline_order
 
+if TYPE_CHECKING:
+    from torchslim.task import Task
+
 log = logging.getLogger(__name__)
 
 SENSITIVITY_VERSION = 4
-Curves = dict[str, dict[str, dict[str, list[float]]]]
+Curves = dict[str, dict[str, dict[str, Any]]]
+"""``{knob: {layer: {"x": [...], "metric": [...], "loss": [...], "reference": float}}}``."""
 
 
 def model_hash(model: nn.Module) -> str:
@@ -53,7 +57,7 @@ def model_hash(model: nn.Module) -> str:
 
 
 def cache_file(
-    task: Any, baseline: nn.Module, space: Space, split: str, recovery: dict | None = None
+    task: Task, baseline: nn.Module, space: Space, split: str, recovery: dict | None = None
 ) -> Path:
     """Where the curves of this baseline, grid, split (and recovery) are cached."""
     key: dict[str, Any] = {
@@ -75,7 +79,7 @@ def cache_file(
 
 
 def sensitivity(
-    task: Any,
+    task: Task,
     baseline: nn.Module,
     space: Space,
     split: str = "val",
@@ -145,7 +149,7 @@ def sensitivity(
 
 
 def _reference(
-    task: Any,
+    task: Task,
     baseline: nn.Module,
     knob: str,
     base: tuple[float, float],
@@ -170,7 +174,7 @@ def _reference(
 
 
 def _measure_one(
-    task: Any,
+    task: Task,
     baseline: nn.Module,
     knob: str,
     layer: str,
@@ -206,10 +210,10 @@ def _measure_one(
 
 
 @torch.no_grad()
-def split_loss(task: Any, model: nn.Module, split: str) -> float:
+def split_loss(task: Task, model: nn.Module, split: str) -> float:
     """Mean task loss of ``model`` over one split (model left in its original mode)."""
+    from torchslim.batches import batch_size_of, call_model, split_batch
     from torchslim.device import on_device, to_device
-    from torchslim.task import batch_size_of, call_model, split_batch
 
     mode = model.training
     model.eval()
@@ -253,7 +257,7 @@ def loss_scale(curves: Curves, base_metric: float) -> float | None:
 
 
 def drop_curve(
-    curve: dict[str, list[float]], base_metric: float, scale: float | None = None
+    curve: dict[str, Any], base_metric: float, scale: float | None = None
 ) -> list[float]:
     """Predicted drop per grid point: non-negative and non-decreasing along the grid.
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -51,6 +51,9 @@ __all__ = [
     "recovery_kd",
     "recovery_step",
 ]
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 Allocation = dict[str, dict[str, float]]
 RECOVERIES = ("distill", "finetune")
@@ -196,7 +199,7 @@ class Space:
 
 def build_space(
     model: nn.Module,
-    task: Any,
+    task: Task,
     knobs: Sequence[str],
     ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> Space:

@@ -8,6 +8,8 @@ from torchslim.techniques import (  # noqa: F401
     codebook,
     distillation,
     dynamic,
+    embedding_quant,
+    int8_linear,
     lowrank,
     nas,
     pruning,

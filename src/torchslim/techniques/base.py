@@ -19,11 +19,14 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from torch import nn
 
 from torchslim.errors import ConfigError, UnsupportedError
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 CONFIG_VERSION = 1
 
@@ -56,7 +59,7 @@ class ApplyContext:
     when a recipe runs, so a recovery step can distill from it.
     """
 
-    task: Any = None
+    task: Task | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     teacher: Any = None  # the uncompressed model, for distillation-based recovery
 
@@ -103,7 +106,7 @@ def register_handler(config_type: type[TechniqueConfig]) -> Callable[[Handler], 
 def apply(
     model: nn.Module,
     config: TechniqueConfig,
-    task: Any = None,
+    task: Task | None = None,
     *,
     inplace: bool = False,
     context: ApplyContext | None = None,
@@ -303,7 +306,7 @@ class Scope:
         )
 
     @staticmethod
-    def _matches(entry: str, name: str, module: nn.Module) -> bool:
+    def matches(entry: str, name: str, module: nn.Module) -> bool:
         if entry.startswith("re:"):
             return re.fullmatch(entry[3:], name) is not None
         return entry == name or entry == type(module).__name__
@@ -319,9 +322,9 @@ class Scope:
                 continue
             if self.types and type(module).__name__ not in self.types:
                 continue
-            if self.include and not any(self._matches(e, name, module) for e in self.include):
+            if self.include and not any(self.matches(e, name, module) for e in self.include):
                 continue
-            if any(self._matches(e, name, module) for e in self.exclude):
+            if any(self.matches(e, name, module) for e in self.exclude):
                 continue
             chosen.append((name, module))
         return chosen

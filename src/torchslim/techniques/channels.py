@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch_pruning as tp
@@ -31,6 +31,9 @@ from torchslim.techniques.base import (
 )
 from torchslim.techniques.heads import HeadPrunedAttention, prune_heads, supports_head_pruning
 from torchslim.techniques.pruning import check_fraction, check_overrides, override_for
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 ROOTS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
@@ -119,7 +122,7 @@ class ChannelPruning(TechniqueConfig):
 # ------------------------------------------------------------------ helpers
 
 
-def example_inputs(model: nn.Module, task: Any) -> Any:
+def example_inputs(model: nn.Module, task: Task | None) -> Any:
     """One-sample inputs for tracing: the task's, else ``model.input_shape``."""
     if task is not None:
         return task.inputs(1)
@@ -133,7 +136,7 @@ def example_inputs(model: nn.Module, task: Any) -> Any:
 
 def final_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
     """The last Conv/Linear layer to run in a forward pass (the classifier)."""
-    from torchslim.task import call_model, eval_mode
+    from torchslim.batches import call_model, eval_mode
 
     order: list[nn.Module] = []
     hooks = [
@@ -244,15 +247,15 @@ def _head_importance(config: ChannelPruning) -> str:
     return "l2" if config.importance == "bn_scale" else config.importance
 
 
-def _accumulate_gradients(model: nn.Module, task: Any, batches: int) -> None:
+def _accumulate_gradients(model: nn.Module, task: Task | None, batches: int) -> None:
     """Sum the loss gradients of ``batches`` train batches into ``.grad`` (Taylor importance)."""
     if task is None:
         raise ConfigError(
             "taylor importance needs data: pass task= to apply() (gradients come from "
             "the task's train split)"
         )
+    from torchslim.batches import call_model, eval_mode, split_batch
     from torchslim.device import on_device, to_device
-    from torchslim.task import call_model, eval_mode, split_batch
 
     model.zero_grad(set_to_none=True)
     with on_device(model, task.device), eval_mode(model):  # .grad comes back with the model
@@ -518,7 +521,7 @@ def prune_channels(
 
 def _check_runs(original: nn.Module, pruned: nn.Module, inputs: Any) -> None:
     """Raise UnsupportedError if the pruned model fails or changes its output shape."""
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     with torch.no_grad():
         expected = call_model(original.eval(), inputs).shape
@@ -540,7 +543,7 @@ def _check_runs(original: nn.Module, pruned: nn.Module, inputs: Any) -> None:
 def ratio_for_macs(
     model: nn.Module,
     config: ChannelPruning,
-    task: Any,
+    task: Task,
     macs_reduction: float,
     steps: int = 8,
 ) -> float:
@@ -598,10 +601,18 @@ technique's default does not silently change the cached sensitivity curves' mean
 
 
 def _search_roots(model: nn.Module, task: Any, weighted: Any) -> list[str]:
-    from torchslim.analyze import analyze_model
+    """Roots of the prunable coupled groups, the classifier kept (as `torchslim analyze`)."""
+    import copy
 
-    analysis = analyze_model(model, task.inputs(1), task)
-    return [group.root for group in analysis.groups if group.prunable]
+    model = copy.deepcopy(model).eval()
+    inputs = task.inputs(1)
+    classifier = {id(m) for m in final_layers(model, inputs)}
+    try:
+        graph = build_graph(model, inputs)
+    except UnsupportedError:  # an untraceable model: no group (the knob says so)
+        return []
+    ignored = [m for m in model.modules() if id(m) in classifier]
+    return [info.root for info in coupled_groups(model, graph, ignored) if info.prunable]
 
 
 def _couplings(

@@ -87,7 +87,7 @@ class CodebookQuant(TechniqueConfig):
     scope: Scope = Scope()
 
     def __post_init__(self) -> None:
-        from torchslim.techniques.quantization import _check_layer_bits
+        from torchslim.techniques.quantization import check_layer_bits
 
         check_bits(self.bits)
         if self.epochs < 0:
@@ -97,7 +97,7 @@ class CodebookQuant(TechniqueConfig):
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.init not in _INITS:
             raise ConfigError(f"init {self.init!r} is unknown; use one of {', '.join(_INITS)}")
-        _check_layer_bits(self.layer_bits)
+        check_layer_bits(self.layer_bits)
 
 
 @torch.no_grad()
@@ -221,7 +221,7 @@ class CodebookLayer(nn.Module):
 
 @register_handler(CodebookQuant)
 def _codebook(model: nn.Module, config: CodebookQuant, context: ApplyContext) -> nn.Module:
-    from torchslim.techniques.quantization import _select
+    from torchslim.techniques.quantization import select_layers
 
     if config.epochs > 0 and context.task is None:
         raise ConfigError(
@@ -231,7 +231,7 @@ def _codebook(model: nn.Module, config: CodebookQuant, context: ApplyContext) ->
     model.eval()
     make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
     folded = fold_batchnorm(model) if config.fold_bn else []
-    chosen = _select(model, config, WEIGHT_TYPES, context)
+    chosen = select_layers(model, config, WEIGHT_TYPES, context)
     layers: dict[str, CodebookLayer] = {}
     weight_db: dict[str, float] = {}
     kept_zeros: dict[str, int] = {}

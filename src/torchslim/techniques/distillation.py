@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.batches import call_model, split_batch
 from torchslim.device import on_device
 from torchslim.errors import ConfigError, ShapeError
-from torchslim.task import Task, TrainResult, call_model, split_batch
+from torchslim.task import Task, TrainResult
 from torchslim.techniques.base import (
     ApplyContext,
     TechniqueConfig,

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.batches import call_model, eval_mode, split_batch
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.measure import benchmark_latency, count_macs
-from torchslim.task import Task, call_model, eval_mode, split_batch
+from torchslim.task import Task
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,

@@ -106,7 +106,7 @@ class WeightQuantizer(nn.Module):
             del self._buffers["scale"]
             self.scale = nn.Parameter(value)
 
-    def _scale(self, weight: torch.Tensor) -> torch.Tensor:
+    def scale_of(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.learnable:
             return self.scale
         per_scale = weight.numel() / max(1, self.scale.numel())
@@ -115,20 +115,20 @@ class WeightQuantizer(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize ``weight`` (differentiable: STE, LSQ for a learned scale)."""
         return fake_quantize(
-            weight, self._scale(weight), self.zero_point, self.qmin, self.qmax, self.axis
+            weight, self.scale_of(weight), self.zero_point, self.qmin, self.qmax, self.axis
         )
 
     @torch.no_grad()
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Integer codes of ``weight`` (int32, in ``[qmin, qmax]``)."""
         return quantize(
-            weight, self._scale(weight), self.zero_point, self.qmin, self.qmax, self.axis
+            weight, self.scale_of(weight), self.zero_point, self.qmin, self.qmax, self.axis
         )
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Real weights of integer codes."""
-        return dequantize(codes, self._scale(codes).detach(), self.zero_point, self.axis)
+        return dequantize(codes, self.scale_of(codes).detach(), self.zero_point, self.axis)
 
 
 class ActQuantizer(nn.Module):
@@ -352,7 +352,7 @@ def layer_bits(name: str, module: nn.Module, default: int, overrides: Any) -> in
 
     bits = default
     for entry, value in overrides:
-        if Scope._matches(entry, name, module):
+        if Scope.matches(entry, name, module):
             bits = value
     return bits
 

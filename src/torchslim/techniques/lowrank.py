@@ -18,16 +18,16 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from torchslim.artifacts import ArtifactIO, artifact_spec
+from torchslim.batches import call_model, eval_mode
 from torchslim.checkpoint import build_from_spec, load_checkpoint, read_spec, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.measure import ArtifactIO
 from torchslim.structure import build_module, describe_module
-from torchslim.task import call_model, eval_mode
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -36,6 +36,9 @@ from torchslim.techniques.base import (
     register_handler,
 )
 from torchslim.techniques.knobs import Knob, LayerCost, StepContext, register_knob
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 SPEC_KEY = "factorized"
 
@@ -514,23 +517,32 @@ def apply_factorized_structure(model: nn.Module, structure: dict[str, Any]) -> n
     return model
 
 
-def lowrank_io(task: Any, template: nn.Module) -> ArtifactIO:
-    """A safetensors artifact whose spec records the factorized layers (no pickling)."""
+def lowrank_io(
+    task: Task | None = None,
+    template: nn.Module | None = None,
+    spec: dict[str, Any] | None = None,
+) -> ArtifactIO:
+    """A safetensors artifact whose spec records the factorized layers (no pickling); loads
+    into a copy of ``template`` when the spec names no built-in architecture."""
 
     def save(model: nn.Module, path: Path) -> None:
-        from torchslim.reload import artifact_spec
-
-        spec = task.spec() if task is not None else {}
-        spec[SPEC_KEY] = factorized_structure(model)
-        save_checkpoint(model, path, spec if "arch" in spec else artifact_spec(task, model, spec))
+        chosen = dict(spec) if spec is not None else task.spec() if task is not None else {}
+        chosen[SPEC_KEY] = factorized_structure(model)
+        save_checkpoint(
+            model, path, chosen if "arch" in chosen else artifact_spec(task, model, chosen)
+        )
 
     def load(path: Path) -> nn.Module:
-        spec = read_spec(path)
-        if "arch" in spec:
-            model = build_from_spec(spec)
-            apply_factorized_structure(model, spec.get(SPEC_KEY, {}))
-        else:
+        saved = read_spec(path)
+        if "arch" in saved:
+            model = build_from_spec(saved)
+            apply_factorized_structure(model, saved.get(SPEC_KEY, {}))
+        elif template is not None:
             model = copy.deepcopy(template)
+        else:
+            raise CheckpointError(
+                f"factorized file {path} names no architecture; pass template= to lowrank_io"
+            )
         return load_checkpoint(path, model=model)[0]
 
     return ArtifactIO(save, load)

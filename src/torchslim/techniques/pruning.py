@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ from torchslim.techniques.base import (
     register_handler,
 )
 from torchslim.techniques.knobs import Knob, LayerCost, StepContext, register_knob
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MODES = ("global", "layer")
@@ -63,7 +66,7 @@ def override_for(name: str, module: nn.Module, overrides: Sequence[Sequence[Any]
     """The fraction of the last override whose pattern matches ``name`` (None if none does)."""
     found = None
     for pattern, value in overrides:
-        if Scope._matches(pattern, name, module):
+        if Scope.matches(pattern, name, module):
             found = float(value)
     return found
 
@@ -222,7 +225,7 @@ def _existing_mask(module: nn.Module) -> torch.Tensor | None:
 
 
 def accumulate_gradients(
-    model: nn.Module, layers: Sequence[nn.Module], task: Any, batches: int, taylor: bool
+    model: nn.Module, layers: Sequence[nn.Module], task: Task | None, batches: int, taylor: bool
 ) -> list[torch.Tensor]:
     """Per-weight ``sum_b |g_b|`` (or ``sum_b |w * g_b|`` if ``taylor``) over train batches.
 
@@ -241,10 +244,10 @@ def accumulate_gradients(
 
 
 def _accumulate(
-    model: nn.Module, layers: Sequence[nn.Module], task: Any, batches: int, taylor: bool
+    model: nn.Module, layers: Sequence[nn.Module], task: Task, batches: int, taylor: bool
 ) -> list[torch.Tensor]:
+    from torchslim.batches import call_model, split_batch
     from torchslim.device import to_device
-    from torchslim.task import call_model, split_batch
 
     weights = [_weight(layer) for layer in layers]
     scores = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
@@ -278,17 +281,21 @@ def _accumulate(
 
 
 def importance_scores(
-    model: nn.Module, layers: Sequence[nn.Module], config: UnstructuredPruning, task: Any
+    model: nn.Module, layers: Sequence[nn.Module], config: UnstructuredPruning, task: Task
 ) -> list[torch.Tensor]:
     """One score tensor per layer, shaped like its weight; already-masked weights score -inf."""
     if config.importance == "magnitude":
         scores = [_weight(layer).detach().abs().float() for layer in layers]
     elif config.importance in ("gradient", "taylor"):
         scores = accumulate_gradients(
-            model, layers, task, config.batches, config.importance == "taylor"
+            model,
+            layers,
+            task,
+            config.batches,  # type: ignore[attr-defined]  # gradient / taylor configs have it
+            config.importance == "taylor",
         )
     elif config.importance == "random":
-        generator = torch.Generator().manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)  # type: ignore[attr-defined]
         scores = [torch.rand(_weight(layer).shape, generator=generator) for layer in layers]
     else:  # pragma: no cover - every config sets a known importance
         raise UnsupportedError(f"importance {config.importance!r} is unknown")

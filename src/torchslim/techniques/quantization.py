@@ -22,7 +22,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -51,11 +51,14 @@ from torchslim.techniques.knobs import GLOBAL, Knob, register_knob, whole_model
 from torchslim.techniques.pruning import make_permanent
 from torchslim.techniques.quant_math import OBSERVERS, check_bits, fake_quantize, qrange, sqnr
 
+if TYPE_CHECKING:
+    from torchslim.task import Task
+
 _WEIGHT_OBSERVERS = ("minmax", "mse", "percentile")
 RNN_TYPES: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU)
 
 
-def _check_layer_bits(layer_bits_: Any, field_name: str = "layer_bits") -> None:
+def check_layer_bits(layer_bits_: Any, field_name: str = "layer_bits") -> None:
     for item in layer_bits_:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
             raise ConfigError(
@@ -93,7 +96,7 @@ class _WeightQuantFields(TechniqueConfig):
             )
         if not 50 < self.percentile <= 100:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        _check_layer_bits(self.layer_bits)
+        check_layer_bits(self.layer_bits)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class _StaticFields(_WeightQuantFields):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_bits(self.act_bits, "act_bits")
-        _check_layer_bits(self.layer_act_bits, "layer_act_bits")
+        check_layer_bits(self.layer_act_bits, "layer_act_bits")
         if self.act_observer not in OBSERVERS:
             raise ConfigError(
                 f"act_observer {self.act_observer!r} is unknown; use one of {', '.join(OBSERVERS)}"
@@ -212,7 +215,7 @@ class TorchaoInt8(TechniqueConfig):
 # ------------------------------------------------------------------ preparation
 
 
-def _select(
+def select_layers(
     model: nn.Module,
     config: _WeightQuantFields,
     supported: tuple[type[nn.Module], ...],
@@ -290,13 +293,13 @@ def _wrap(
     return layers
 
 
-def calibration_inputs(task: Any, batches: int, technique: str) -> list[Any]:
+def calibration_inputs(task: Task | None, batches: int, technique: str) -> list[Any]:
     """Up to ``batches`` input batches of the task's training data (validation data if none).
 
     Raises:
         ConfigError: no task, or a task without train and validation data.
     """
-    from torchslim.task import split_batch
+    from torchslim.batches import split_batch
 
     if task is None:
         raise ConfigError(
@@ -324,14 +327,14 @@ def calibration_inputs(task: Any, batches: int, technique: str) -> list[Any]:
 
 def run_batch(model: nn.Module, inputs: Any, technique: str) -> torch.Tensor:
     """Forward one calibration batch; a shape the model rejects becomes a clear ShapeError."""
-    from torchslim.task import _describe, call_model
+    from torchslim.batches import call_model, describe_inputs
 
     try:
         return call_model(model, inputs)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShapeError(
-            f"{technique}: calibration data of shape {_describe(inputs)} does not fit the model "
+            f"{technique}: calibration data of shape {describe_inputs(inputs)} does not fit the model "
             f"({first}); calibrate with data shaped like the model's inputs"
         ) from exc
 
@@ -396,7 +399,7 @@ def sqnr_table(
     The second number ranks sensitivity: the lowest are the layers to keep in
     float or give more bits.
     """
-    from torchslim.task import call_model
+    from torchslim.batches import call_model
 
     float_out: dict[str, torch.Tensor] = {}
     quant_out: dict[str, torch.Tensor] = {}
@@ -457,7 +460,7 @@ def _db(value: float) -> float:
 
 
 def _sqnr_inputs(inputs: list[Any], samples: int) -> Any:
-    from torchslim.task import batch_size_of, slice_inputs
+    from torchslim.batches import batch_size_of, slice_inputs
 
     first = inputs[0]
     return slice_inputs(first, min(samples, batch_size_of(first)))
@@ -495,7 +498,7 @@ def _prepare_static(
     make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
     folded = fold_batchnorm(model) if config.fold_bn else []
     reference = copy.deepcopy(model)
-    chosen = _select(model, config, WEIGHT_TYPES, context)
+    chosen = select_layers(model, config, WEIGHT_TYPES, context)
     layers = _wrap(model, config, chosen, "static")
     with on_device(model, context.task.device):  # calibration passes on the task's device
         calibrate(model, layers, inputs, config.name)
@@ -525,7 +528,7 @@ def _static_quant(model: nn.Module, config: StaticQuant, context: ApplyContext) 
 @register_handler(DynamicQuant)
 def _dynamic_quant(model: nn.Module, config: DynamicQuant, context: ApplyContext) -> nn.Module:
     make_permanent(model)  # pruning masks become plain zeros before layers are wrapped
-    chosen = _select(model, config, (nn.Linear, *RNN_TYPES), context)
+    chosen = select_layers(model, config, (nn.Linear, *RNN_TYPES), context)
     linears = [(n, m) for n, m in chosen if isinstance(m, nn.Linear)]
     layers = _wrap(model, config, linears, "dynamic")
     rnn_notes: dict[str, int] = {}

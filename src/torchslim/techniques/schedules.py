@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -27,6 +27,9 @@ from torchslim.techniques.base import (
 )
 from torchslim.techniques.channels import ChannelPruning, prune_channels
 from torchslim.techniques.pruning import UnstructuredPruning, make_permanent, prune_unstructured
+
+if TYPE_CHECKING:
+    from torchslim.task import Task
 
 
 def _target(config: TechniqueConfig) -> float:
@@ -58,7 +61,7 @@ def _finish(model: nn.Module, config: TechniqueConfig, permanent: bool) -> nn.Mo
 def one_shot(
     model: nn.Module,
     config: TechniqueConfig,
-    task: Any = None,
+    task: Task | None = None,
     *,
     finetune_epochs: int = 0,
     lr: float | None = None,
@@ -79,7 +82,7 @@ def one_shot(
 def iterative(
     model: nn.Module,
     config: TechniqueConfig,
-    task: Any,
+    task: Task | None,
     *,
     steps: int = 3,
     epochs_per_step: int = 1,
@@ -143,7 +146,7 @@ def agp_sparsity(step: int, initial: float, final: float, start: int, end: int) 
 def gradual(
     model: nn.Module,
     config: UnstructuredPruning,
-    task: Any,
+    task: Task | None,
     *,
     epochs: int = 5,
     initial: float = 0.0,
@@ -271,9 +274,8 @@ class GradualPruning(TechniqueConfig):
 
     def target(self) -> UnstructuredPruning:
         """The unstructured config the schedule prunes with."""
-        return CONFIGS[f"{self.importance}_pruning"](
-            sparsity=self.sparsity, mode=self.mode, scope=self.scope
-        )
+        config_type: Any = CONFIGS[f"{self.importance}_pruning"]
+        return config_type(sparsity=self.sparsity, mode=self.mode, scope=self.scope)
 
 
 @register_handler(GradualPruning)
@@ -336,9 +338,8 @@ class IterativePruning(TechniqueConfig):
 
     def target(self) -> UnstructuredPruning:
         """The unstructured config each step prunes with."""
-        return CONFIGS[f"{self.importance}_pruning"](
-            sparsity=self.sparsity, mode=self.mode, scope=self.scope
-        )
+        config_type: Any = CONFIGS[f"{self.importance}_pruning"]
+        return config_type(sparsity=self.sparsity, mode=self.mode, scope=self.scope)
 
 
 @register_config

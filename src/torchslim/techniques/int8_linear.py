@@ -1,33 +1,30 @@
-"""Quantization for transformer encoders: int8 Linear layers and 8 / 4-bit embedding tables.
+"""int8 Linear layers for any model: int8 per-channel weights, dynamic int8 activations.
 
 * :class:`Int8Linear` stores an int8 weight with one fp32 scale per output channel
   (symmetric, ``scale = max|w_row| / qmax``; ``qmax`` is 127, or 64 for the portable 7-bit
-  grid that ONNX Runtime's u8s8 kernels compute exactly on every x86 CPU) and quantizes its input per token at run time
-  (dynamic int8, as torchao's ``Int8DynamicActivationInt8WeightConfig``). Its state dict
-  holds the int8 codes, so a saved artifact is really ~4x smaller. For speed it is
-  deployed through ONNX Runtime (:func:`torchslim.hf.export.export_ort_int8`, which
-  re-quantizes the same per-channel grid with ``quantize_dynamic(per_channel=True)``) or
-  torchao (:func:`torchao_model`).
-* :class:`QuantEmbedding` stores an embedding table at 8 or 4 bits (asymmetric, one
-  float16 scale and offset per row, or per group of ``group_size`` columns); 4-bit codes
-  are packed two per byte. Lookups gather the packed rows and dequantize only those, so
-  the table stays packed in PyTorch *and* in the exported ONNX graph.
-
+  grid that ONNX Runtime's u8s8 kernels compute exactly on every x86 CPU) and quantizes its
+  input per token at run time (dynamic int8, as torchao's
+  ``Int8DynamicActivationInt8WeightConfig``). Its state dict holds the int8 codes, so a saved
+  artifact is really ~4x smaller. For speed it is deployed through ONNX Runtime
+  (:func:`torchslim.export.onnx.export_ort_dynamic`, which re-quantizes the same per-channel
+  grid with ``quantize_dynamic(per_channel=True)``) or torchao
+  (:func:`torchslim.export.torchao_int8.torchao_model`).
 * SmoothQuant (``linear_int8`` with ``smooth: alpha``): trained transformers have a few input
   channels with outsized activations, and a dynamic int8 scale sized for them leaves the
   other channels a handful of levels. :func:`smooth_linears` divides each Linear input channel
   by ``s_j = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)`` (maxima calibrated on the task's data)
   and multiplies the weight column by ``s_j`` -- exact in float. The division is folded into
-  the value projection for the attention output projection (its input is a per-channel
-  mix of the values) and kept as a ``Mul`` before every other Linear.
+  the value projection for an attention output projection (its input is a per-channel mix
+  of the values; the pairs come from the finders in :data:`VALUE_OUT_FINDERS`, e.g. the
+  Hugging Face encoder one :mod:`torchslim.hf.structure` registers) and kept as a ``Mul``
+  before every other Linear.
 
-Technique configs (usable in recipes): ``linear_int8`` (:class:`LinearInt8`) and
-``embedding_quant`` (:class:`EmbeddingQuant`, ``bits`` 4 or 8).
+Technique config (usable in recipes): ``linear_int8`` (:class:`LinearInt8`).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.artifacts import register_module_type
+from torchslim.batches import calibration_batches
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.techniques.base import (
     ApplyContext,
@@ -45,7 +44,6 @@ from torchslim.techniques.base import (
 )
 from torchslim.techniques.fake_quant import set_module
 from torchslim.techniques.knobs import (
-    GLOBAL,
     Knob,
     LayerCost,
     StepContext,
@@ -53,13 +51,23 @@ from torchslim.techniques.knobs import (
     register_knob,
 )
 
-EMBEDDING_BITS = (4, 8)
 ACT_MODES = ("token", "tensor", "none")
 
+ValueOutFinder = Callable[[nn.Module], list[tuple[nn.Module, nn.Module]]]
+VALUE_OUT_FINDERS: list[ValueOutFinder] = []
+"""Functions returning a model's ``(attention output projection, value projection)`` Linear
+pairs (an empty list when they do not recognise the model); SmoothQuant folds the output
+projection's scale into its value projection."""
 
-# ------------------------------------------------------------------ int8 Linear
+
+def register_value_out_finder(finder: ValueOutFinder) -> ValueOutFinder:
+    """Add a finder of attention (output, value) projection pairs (see :data:`VALUE_OUT_FINDERS`)."""
+    if finder not in VALUE_OUT_FINDERS:
+        VALUE_OUT_FINDERS.append(finder)
+    return finder
 
 
+@register_module_type
 class Int8Linear(nn.Module):
     """A Linear layer with an int8 per-channel weight and dynamic int8 activations.
 
@@ -216,8 +224,8 @@ def input_maxima(
     shape), and grouping by address tied unrelated layers (on MiniLM it changed the scales
     from run to run).
     """
+    from torchslim.batches import call_model, split_batch
     from torchslim.device import on_device
-    from torchslim.task import call_model, split_batch
 
     maxima: dict[str, torch.Tensor] = {}
     probe: dict[str, torch.Tensor] | None = {}
@@ -254,19 +262,14 @@ def input_maxima(
 
 
 def _value_out_pairs(model: nn.Module, names: set[str]) -> dict[str, str]:
-    """``{attention output projection: value projection}`` of BERT-like layers, both chosen."""
-    from torchslim.hf.structure import find_encoder
-
-    try:
-        _, _, layers = find_encoder(model)
-    except UnsupportedError:
-        return {}
+    """``{attention output projection: value projection}`` of attention layers, both chosen."""
     modules = {id(m): n for n, m in model.named_modules()}
     pairs = {}
-    for layer in layers:
-        out, value = modules[id(layer.linear("out"))], modules[id(layer.linear("value"))]
-        if out in names and value in names:
-            pairs[out] = value
+    for finder in VALUE_OUT_FINDERS:
+        for out_layer, value_layer in finder(model):
+            out, value = modules.get(id(out_layer)), modules.get(id(value_layer))
+            if out in names and value in names:
+                pairs[out] = value
     return pairs
 
 
@@ -325,152 +328,6 @@ def smooth_linears(
     return target
 
 
-# ------------------------------------------------------------------ embeddings
-
-
-def _groups(dim: int, group_size: int) -> int:
-    return 1 if group_size in (0, dim) else math.ceil(dim / group_size)
-
-
-def packed_row_bytes(dim: int, bits: int) -> int:
-    """Bytes of one packed row of codes."""
-    return math.ceil(dim * bits / 8)
-
-
-def expected_table_bytes(num: int, dim: int, bits: int, group_size: int = 0) -> int:
-    """Bytes a quantized table stores: packed codes + float16 scale and offset per group."""
-    return num * packed_row_bytes(dim, bits) + num * _groups(dim, group_size) * 2 * 2
-
-
-class QuantEmbedding(nn.Module):
-    """An embedding table stored at ``bits`` (4 or 8) with per-row (or per-group) scales.
-
-    ``weight ≈ code * scale + offset`` with codes in ``[0, 2**bits)``; 4-bit codes are
-    packed two per byte (even column in the low nibble).
-    """
-
-    weight_in_buffers = True  # parameter counts use dequantized_weight()
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        bits: int = 8,
-        group_size: int = 0,
-        padding_idx: int | None = None,
-    ) -> None:
-        super().__init__()
-        if bits not in EMBEDDING_BITS:
-            raise ConfigError(f"embedding bits must be 4 or 8, got {bits}")
-        if group_size < 0 or (group_size and embedding_dim % group_size):
-            raise ConfigError(
-                f"group_size must be 0 (one scale per row) or divide the embedding size "
-                f"{embedding_dim}, got {group_size}"
-            )
-        if bits == 4 and embedding_dim % 2:
-            raise UnsupportedError(f"4-bit tables need an even embedding size, got {embedding_dim}")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
-        self.bits = bits
-        self.group_size = group_size if group_size and group_size != embedding_dim else 0
-        self.padding_idx = padding_idx
-        groups = _groups(embedding_dim, self.group_size)
-        self.register_buffer(
-            "codes",
-            torch.zeros(num_embeddings, packed_row_bytes(embedding_dim, bits), dtype=torch.uint8),
-        )
-        self.register_buffer("scale", torch.ones(num_embeddings, groups, dtype=torch.float16))
-        self.register_buffer("offset", torch.zeros(num_embeddings, groups, dtype=torch.float16))
-
-    @classmethod
-    @torch.no_grad()
-    def from_embedding(
-        cls, embedding: nn.Embedding, bits: int = 8, group_size: int = 0
-    ) -> QuantEmbedding:
-        """Quantize an ``nn.Embedding`` table (min/max per row or group, asymmetric)."""
-        num, dim = embedding.weight.shape
-        layer = cls(num, dim, bits, group_size, embedding.padding_idx)
-        groups = _groups(dim, layer.group_size)
-        weight = embedding.weight.detach().float().reshape(num, groups, -1)
-        low = weight.amin(dim=-1)
-        high = weight.amax(dim=-1)
-        levels = 2**bits - 1
-        scale = ((high - low) / levels).clamp(min=1e-8).half()
-        offset = low.half()
-        codes = torch.round((weight - offset.float()[..., None]) / scale.float()[..., None])
-        codes = codes.clamp(0, levels).to(torch.uint8).reshape(num, dim)
-        if bits == 4:
-            codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
-        layer.codes.copy_(codes)
-        layer.scale.copy_(scale)
-        layer.offset.copy_(offset)
-        return layer
-
-    def _dequantize(self, rows: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor):
-        values = rows.to(torch.int32)
-        if self.bits == 4:
-            high = torch.div(values, 16, rounding_mode="floor")
-            low = values - high * 16
-            values = torch.stack((low, high), dim=-1).flatten(-2)
-        groups = scale.shape[-1]
-        values = values.to(torch.float32).unflatten(-1, (groups, -1))
-        out = values * scale.float().unsqueeze(-1) + offset.float().unsqueeze(-1)
-        return out.flatten(-2)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantized table (fp32)."""
-        return self._dequantize(self.codes, self.scale, self.offset)
-
-    def dequantized_weight(self) -> torch.Tensor:
-        """The table as the layer looks rows up in it (fp32); parameter counts use it."""
-        return self.weight
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._dequantize(
-            self.codes[input_ids], self.scale[input_ids], self.offset[input_ids]
-        )
-
-    def to_float(self) -> nn.Embedding:
-        """A plain ``nn.Embedding`` holding the dequantized table."""
-        table = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx)
-        with torch.no_grad():
-            table.weight.copy_(self.weight)
-        return table
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "type": "QuantEmbedding",
-            "num_embeddings": self.num_embeddings,
-            "embedding_dim": self.embedding_dim,
-            "bits": self.bits,
-            "group_size": self.group_size,
-            "padding_idx": self.padding_idx,
-        }
-
-    @classmethod
-    def build(cls, description: dict[str, Any]) -> QuantEmbedding:
-        return cls(
-            description["num_embeddings"],
-            description["embedding_dim"],
-            description["bits"],
-            description.get("group_size", 0),
-            description.get("padding_idx"),
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, "
-            f"group_size={self.group_size or self.embedding_dim}"
-        )
-
-
-MODULE_TYPES: dict[str, Any] = {"Int8Linear": Int8Linear, "QuantEmbedding": QuantEmbedding}
-
-
-# ------------------------------------------------------------------ functions
-
-
 def _selected(
     model: nn.Module, types: tuple[type, ...], scope: Scope
 ) -> list[tuple[str, nn.Module]]:
@@ -498,60 +355,7 @@ def quantize_linears(
     return target.eval()
 
 
-def word_embedding_tables(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The word-embedding table(s) ``embedding_quant`` (``tables="word"``) acts on."""
-    return _word_embeddings(model)
-
-
-def _word_embeddings(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    found = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding) and "word" in n
-    ]
-    if found:
-        return found
-    tables = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
-    return sorted(tables, key=lambda item: -item[1].weight.numel())[:1]
-
-
-def quantize_embeddings(
-    model: nn.Module,
-    bits: int = 4,
-    group_size: int = 0,
-    tables: str = "word",
-    inplace: bool = False,
-) -> nn.Module:
-    """Replace the word-embedding table (``tables="word"``) or every table (``"all"``)."""
-    import copy
-
-    if tables not in ("word", "all"):
-        raise ConfigError(f"tables {tables!r} is unknown; use 'word' or 'all'")
-    target = model if inplace else copy.deepcopy(model)
-    chosen = (
-        _word_embeddings(target)
-        if tables == "word"
-        else [(n, m) for n, m in target.named_modules() if isinstance(m, nn.Embedding)]
-    )
-    if not chosen:
-        raise UnsupportedError("embedding quantization found no nn.Embedding table in the model")
-    for name, module in chosen:
-        set_module(target, name, QuantEmbedding.from_embedding(module, bits, group_size))
-    return target.eval()
-
-
-def torchao_model(model: nn.Module, mode: str = "dynamic") -> nn.Module:
-    """A copy for PyTorch int8 speed: int8 Linear layers back to float, then torchao int8.
-
-    torchao re-quantizes each Linear with the same symmetric per-channel int8 grid (and
-    per-token dynamic int8 activations); packed embedding tables stay packed. Time it with
-    the ``inductor`` runtime (torch.compile with freezing).
-    """
-    from torchslim.export.torchao_int8 import quantize_torchao
-    from torchslim.hf.export import export_copy
-
-    return quantize_torchao(export_copy(model), mode, inplace=True)
-
-
-# ------------------------------------------------------------------ technique configs
+# ------------------------------------------------------------------ technique config
 
 
 @register_config
@@ -614,38 +418,9 @@ class LinearInt8(TechniqueConfig):
             )
 
 
-@register_config
-@dataclass(frozen=True)
-class EmbeddingQuant(TechniqueConfig):
-    """Embedding-table quantization to 8 or 4 bits, stored packed.
-
-    Args:
-        bits: 4 or 8.
-        group_size: columns sharing one scale/offset (0: one per row).
-        tables: ``word`` (the word-embedding table, usually most of a small encoder's
-            parameters) or ``all`` (position and token-type tables too).
-    """
-
-    name = "embedding_quant"
-    family = "quantization"
-    bits: int = 8
-    group_size: int = 0
-    tables: str = "word"
-
-    def __post_init__(self) -> None:
-        if self.bits not in EMBEDDING_BITS:
-            raise ConfigError(f"embedding_quant.bits must be 4 or 8, got {self.bits}")
-        if self.group_size < 0:
-            raise ConfigError(f"embedding_quant.group_size must be >= 0, got {self.group_size}")
-        if self.tables not in ("word", "all"):
-            raise ConfigError(f"embedding_quant.tables {self.tables!r} is unknown; use word or all")
-
-
 @register_handler(LinearInt8)
 def _linear_int8(model: nn.Module, config: LinearInt8, context: ApplyContext) -> nn.Module:
     if config.smooth:
-        from torchslim.hf.structure import calibration_batches
-
         batches = calibration_batches(
             context.task, config.calibration_batches, "linear_int8.smooth"
         )
@@ -666,23 +441,13 @@ def _linear_int8(model: nn.Module, config: LinearInt8, context: ApplyContext) ->
     return model
 
 
-@register_handler(EmbeddingQuant)
-def _embedding_quant(model: nn.Module, config: EmbeddingQuant, context: ApplyContext) -> nn.Module:
-    model = quantize_embeddings(model, config.bits, config.group_size, config.tables, inplace=True)
-    tables = {n: m.describe() for n, m in model.named_modules() if isinstance(m, QuantEmbedding)}
-    context.notes.setdefault("embedding_quant", {}).update(tables=tables)
-    return model
-
-
-# ------------------------------------------------------------------ search knobs
-# (linear_int8 and embedding_quant as the optimizer searches them; this block moves with
-# the techniques when they move out of hf/)
+# ------------------------------------------------------------------ search knob
+# (linear_int8 as the optimizer searches it)
 
 INT8_SMOOTH = 0.7
 """SmoothQuant alpha of the optimizer's ``linear_int8`` steps (exact in float; on
 all-MiniLM-L6-v2 int8 + a 4-bit table keeps mean cosine 0.9983 in PyTorch and 0.9972 in
 ONNX Runtime with it, 0.9966 and 0.9930 without)."""
-EMBEDDING_GROUP = 32  # columns per scale of a searched 4-bit table (per row at 8 bits)
 
 
 def _int8_steps(values: Any, context: StepContext) -> list[TechniqueConfig]:
@@ -701,36 +466,6 @@ def _int8_cost(values: Any, layer: str, cost: LayerCost, data: Any) -> None:
         cost.extra_bits += (cost.outputs * cost.out_kept + cost.weights // cost.outputs) * 32
 
 
-def _table_layers(model: nn.Module, task: Any, weighted: Any) -> list[str]:
-    if not word_embedding_tables(model):
-        raise ConfigError("embedding_quant finds no nn.Embedding table in this model; drop it")
-    return [GLOBAL]
-
-
-def _table_shape(model: nn.Module, task: Any, layers: Any, params: Any) -> tuple[int, int]:
-    """(rows, columns) of the word-embedding table the knob acts on."""
-    rows, columns = word_embedding_tables(model)[0][1].weight.shape
-    return int(rows), int(columns)
-
-
-def _table_cost(values: Any, total: float, objective: str, shape: Any) -> float:
-    table_bits = values.get(GLOBAL, 32)
-    if objective != "size" or table_bits >= 32:
-        return total
-    rows, columns = shape
-    group = EMBEDDING_GROUP if table_bits == 4 else 0
-    stored = expected_table_bytes(rows, columns, int(table_bits), group)
-    return total - (rows * columns * 32 - stored * 8)
-
-
-def _table_steps(values: Any, context: StepContext) -> list[TechniqueConfig]:
-    table_bits = values.get(GLOBAL, 32)
-    if table_bits >= 32:
-        return []
-    group = EMBEDDING_GROUP if table_bits == 4 else 0
-    return [EmbeddingQuant(bits=int(table_bits), group_size=group)]
-
-
 register_knob(
     Knob(
         name=LinearInt8.name,
@@ -744,23 +479,6 @@ register_knob(
         layers=linear_layers,
         layer_cost=_int8_cost,
         exclusive="Linear layers",
-        default_for=("size/embedding",),
-    )
-)
-register_knob(
-    Knob(
-        name=EmbeddingQuant.name,
-        grid=(32, 8, 4),
-        rule="takes 32 (off), 8 and/or 4 bits",
-        valid=lambda value: value in (4, 8, 32),
-        steps=_table_steps,
-        identity=32,
-        descending=True,
-        integer=True,
-        order=80,
-        layers=_table_layers,
-        measure=_table_shape,
-        model_cost=_table_cost,
         default_for=("size/embedding",),
     )
 )
