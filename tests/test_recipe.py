@@ -109,4 +109,3 @@ def test_binary_recipe_is_one_line_error_at_the_cli(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(ts.ConfigError, match="not UTF-8"):
         Recipe.from_yaml(path)
-

@@ -536,8 +536,8 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     from torchslim import tasks
     from torchslim.errors import ConfigError
     from torchslim.report import results_table
-    from torchslim.search import optimize
     from torchslim.search.budget import Budget
+    from torchslim.search.optimize import optimize
 
     ranges: dict[str, list[float]] = {}
     for item in args.range:

@@ -28,7 +28,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchslim.checkpoint import atomic_path, build_from_spec, load_checkpoint, save_checkpoint
 from torchslim.errors import CheckpointError, ConfigError
-from torchslim.task import Task, call_model, eval_mode, preserved_modes, threads_fixed
+from torchslim.task import (
+    Task,
+    batch_size_of,
+    call_model,
+    eval_mode,
+    preserved_modes,
+    split_batch,
+    threads_fixed,
+)
 
 # ------------------------------------------------------------------ counting
 
@@ -95,16 +103,62 @@ def count_macs(model: nn.Module, inputs: Any) -> MacCount:
     for them. Element-wise work (activations, normalization, softmax) is not counted,
     as is customary for MACs.
     """
+    flops, inclusive = _flop_counts(model, inputs)
+    return _per_sample(model, flops, inclusive, _batch_of(inputs))
+
+
+def input_dependent(model: nn.Module) -> bool:
+    """Whether the model's compute depends on its input: some module of it sets the class
+    attribute ``input_dependent_macs = True`` (early exit, gated branches)."""
+    return any(getattr(module, "input_dependent_macs", False) for module in model.modules())
+
+
+def model_macs(model: nn.Module, task: Task, split: str = "test") -> MacCount:
+    """The MACs per sample a Footprint reports, the one count every path uses.
+
+    For most models: the count on one example input. For a model whose compute depends
+    on its input (:func:`input_dependent`: an early exit leaves at a head, a gate skips a
+    branch), the mean per sample over ``split``: every batch of the split is counted as
+    the model really runs it (samples that left early are not computed further), so the
+    result is the expected MACs at the exit / branch rates measured on that data.
+    """
+    if not input_dependent(model):
+        return count_macs(model, task.inputs(1))
+    from torchslim.device import on_device
+
+    flops, samples = 0, 0
+    inclusive: dict[str, int] = {}
+    with on_device(model, task.device):
+        for batch in task.loader(split):
+            inputs, _ = split_batch(batch)
+            batch_flops, batch_inclusive = _flop_counts(model, inputs)
+            flops += batch_flops
+            for key, value in batch_inclusive.items():
+                inclusive[key] = inclusive.get(key, 0) + value
+            samples += batch_size_of(inputs)
+    if samples == 0:
+        raise ConfigError(f"the task's {split} split is empty; MACs need at least one sample")
+    return _per_sample(model, flops, inclusive, samples)
+
+
+def _flop_counts(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
+    """Total FLOPs of one call and the FLOPs inside each module (by qualified name)."""
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     with eval_mode(model), torch.no_grad(), counter:
         call_model(model, inputs)
-    batch = _batch_of(inputs)
-    flops = counter.get_total_flops() // batch
     inclusive = {
         (key.split(".", 1)[1] if "." in key else ""): sum(ops.values())
         for key, ops in counter.get_flop_counts().items()
         if key != "Global"
     }
+    return counter.get_total_flops(), inclusive
+
+
+def _per_sample(
+    model: nn.Module, total_flops: int, inclusive: dict[str, int], samples: int
+) -> MacCount:
+    """MACs / FLOPs per sample, total and per layer, from counts over ``samples`` samples."""
+    flops = total_flops // samples
 
     def counted_below(module: nn.Module, prefix: str) -> int:
         # children that ran ops; a container that is never called (nn.ModuleList) is looked
@@ -121,7 +175,7 @@ def count_macs(model: nn.Module, inputs: Any) -> MacCount:
             continue
         own = inclusive[name] - counted_below(module, name)
         if own > 0:  # the module itself runs the op (a leaf, or a wrapper calling F.conv/linear)
-            per_layer[name] = own // 2 // batch
+            per_layer[name] = own // 2 // samples
     return MacCount(macs=flops // 2, flops=flops, per_layer=per_layer)
 
 
@@ -135,8 +189,6 @@ _EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_c
 
 
 def _batch_of(inputs: Any) -> int:
-    from torchslim.task import batch_size_of
-
     return max(1, batch_size_of(inputs))
 
 
@@ -542,14 +594,13 @@ def measure_many(
         raise ConfigError(f"batch_n must be >= 1, got {batch_n}")
     for model in models:
         task.check_inputs(model)
-    one = task.inputs(1)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="torchslim-") as tmp:
         for index, model in enumerate(models):
             io = ios[index] or checkpoint_io(task, model)
             path = Path(artifacts[index] or Path(tmp) / f"model{index}{io.suffix}")
             size = artifact_bytes(model, path, task.inputs(8), io)
-            macs = count_macs(model, one)
+            macs = model_macs(model, task, split)
             results.append(
                 {
                     "metric": task.evaluate(model, split),
