@@ -15,8 +15,6 @@ The transformer techniques (``ts.LinearInt8``, ``ts.EmbeddingQuant``, ``ts.HeadP
 ``transformers``, which is imported only when a Hugging Face model is loaded.
 """
 
-from __future__ import annotations
-
 from torchslim import tasks
 from torchslim._version import __version__
 from torchslim.api import compress, run, save
