@@ -289,3 +289,6 @@ def test_result_saves_as_the_pipeline_artifact_reloads_and_reports_a_footprint(
     with torch.no_grad():
         again = call_model(reloaded.eval(), inputs)
     torch.testing.assert_close(again, output, rtol=0, atol=1e-5)
+    # ts.measure's default artifact (a plain checkpoint) takes the result as it is, too
+    plain = ts.measure(result, task, latency=False)
+    assert plain.metric == footprint.metric and plain.macs == footprint.macs
