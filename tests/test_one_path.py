@@ -110,7 +110,15 @@ def test_early_exit_macs_are_the_same_through_compress_demo_and_optimizer(
     demoed = report.candidates[0].to_dict(report.candidates[0].footprint)
 
     # the optimizer's candidate path (Evaluator -> run_recipe on val), same recipe
-    evaluator = Evaluator(task, base, None, Budget(), Objective("macs"), 0, 0)
+    evaluator = Evaluator(
+        task,
+        base,
+        space=None,  # recipe() is replaced below: the space is not read
+        budget=Budget(),
+        objective=Objective("macs"),
+        recovery_epochs=0,
+        codebook_epochs=0,
+    )
     monkeypatch.setattr(
         evaluator, "recipe", lambda allocation, name: dataclasses.replace(RECIPE, name=name)
     )
