@@ -26,8 +26,10 @@ SHADOWED = {"torchslim.measure"}
 
 
 def test_every_registered_technique_config_is_top_level():
-    assert len(CONFIGS) >= 29
-    for name, cls in CONFIGS.items():
+    # the package's own techniques (tests register test-only ones in the same registry)
+    shipped = {n: c for n, c in CONFIGS.items() if c.__module__.startswith("torchslim.")}
+    assert len(shipped) >= 29
+    for name, cls in shipped.items():
         assert getattr(ts, cls.__name__, None) is cls, f"ts.{cls.__name__} ({name}) is missing"
         assert cls.__name__ in ts.__all__
 
