@@ -142,7 +142,7 @@ def reload_on_cpu(artifact: str, task_name: str, onnx: bool = False) -> dict:
 
 
 def optimize_once(task, device: str, trials: int, out: Path) -> dict:
-    from torchslim.search import optimize
+    from torchslim.search.optimize import optimize
 
     start = time.perf_counter()
     result = optimize(

@@ -86,7 +86,7 @@ def _optimized(task: Any, fp32: torch.nn.Module, max_drop: float) -> Any:
     """The optimizer's answer at ``max_drop`` points (size objective, its default knobs for a
     transformer, no training), re-built from its recipe; None when it finds nothing."""
     from torchslim.pipeline import apply_recipe
-    from torchslim.search import optimize
+    from torchslim.search.optimize import optimize
 
     with tempfile.TemporaryDirectory(prefix="torchslim-bench-opt-") as out:
         result = optimize(

@@ -35,7 +35,7 @@ import torch
 
 from torchslim import tasks
 from torchslim.fileio import write_text_atomic
-from torchslim.search import optimize
+from torchslim.search.optimize import optimize
 
 RESULTS = Path(__file__).parent / "results"
 PARTS: dict[str, dict[str, Any]] = {

@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     [--heartbeat SECONDS] [--epochs N] (recovery epochs per trial)."""
     import argparse
 
-    from torchslim.search import optimize
+    from torchslim.search.optimize import optimize
 
     parser = argparse.ArgumentParser()
     parser.add_argument("storage")

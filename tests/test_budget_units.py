@@ -9,7 +9,8 @@ import pytest
 from search_helpers import make_task
 from torchslim.cli import main
 from torchslim.errors import ConfigError
-from torchslim.search import Budget, optimize
+from torchslim.search import Budget
+from torchslim.search.optimize import optimize
 
 
 def test_small_budget_warning_says_how_it_was_read_and_what_to_write():

@@ -17,7 +17,8 @@ from hf_helpers import tiny_embedding_task  # noqa: E402
 from torchslim.errors import ConfigError  # noqa: E402
 from torchslim.hf.loading import save_artifact  # noqa: E402
 from torchslim.pipeline import apply_recipe  # noqa: E402
-from torchslim.search import build_space, optimize  # noqa: E402
+from torchslim.search import build_space  # noqa: E402
+from torchslim.search.optimize import optimize  # noqa: E402
 from torchslim.search.space import GLOBAL, build_recipe, check_grid  # noqa: E402
 from torchslim.techniques.embedding_quant import EmbeddingQuant  # noqa: E402
 from torchslim.techniques.int8_linear import Int8Linear, LinearInt8  # noqa: E402

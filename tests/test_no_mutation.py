@@ -11,7 +11,7 @@ from torch import nn
 import torchslim as ts
 from helpers import blobs
 from torchslim.errors import TorchslimError
-from torchslim.search import optimize
+from torchslim.search.optimize import optimize
 from torchslim.techniques import CONFIGS, apply
 
 

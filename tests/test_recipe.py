@@ -91,3 +91,21 @@ def test_bad_recipes_name_file_line_and_field(text, message):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ts.ConfigError, match="does not exist"):
         Recipe.from_yaml(tmp_path / "none.yaml")
+
+
+def test_binary_recipe_is_one_line_error_at_the_cli(tmp_path, capsys):
+    from torchslim.cli import main
+
+    path = tmp_path / "binary.yaml"
+    payload = b"steps:\n  - finetune\n" + bytes(range(128, 256))  # not UTF-8 from byte 20
+    path.write_bytes(payload)
+    out = tmp_path / "out"
+    assert main(["compress", "mnist1d-cnn", "--recipe", str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("torchslim: error: recipe ")
+    assert "not UTF-8 text (byte 0x80 at offset 20)" in err[0]
+    assert path.read_bytes() == payload  # the input is untouched, nothing was written
+    assert not out.exists()
+    with pytest.raises(ts.ConfigError, match="not UTF-8"):
+        Recipe.from_yaml(path)

@@ -9,7 +9,9 @@ import pytest
 from search_helpers import make_task, planted_task
 from torchslim.cli import main
 from torchslim.errors import ConfigError
-from torchslim.search import Budget, Objective, allocate, build_space, optimize, sensitivity
+from torchslim.search import Budget, Objective, allocate, build_space
+from torchslim.search.optimize import optimize
+from torchslim.search.sensitivity import sensitivity
 from torchslim.search.space import build_recipe, check_grid
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from search_helpers import make_task
 from torchslim.errors import ConfigError
-from torchslim.search import optimize
+from torchslim.search.optimize import optimize
 from torchslim.search.optuna_search import open_storage, open_study
 
 WORKER = Path(__file__).parent / "search_helpers.py"

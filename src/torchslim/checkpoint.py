@@ -385,11 +385,24 @@ def checkpoint_io(
                 raise CheckpointError(
                     f"checkpoint {path} names no architecture; pass template= to checkpoint_io"
                 )
-            return copy.deepcopy(template)
+            return unmasked_copy(template)
 
         return load_checkpoint(path, build=build)[0]
 
     return ArtifactIO(save, load)
+
+
+def unmasked_copy(template: nn.Module) -> nn.Module:
+    """A copy of ``template`` with pruning masks folded in: a checkpoint stores the masked
+    weights under their plain names (``weight``, not ``weight_orig`` + ``weight_mask``)."""
+    from torch.nn.utils import prune
+
+    model = copy.deepcopy(template)
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return model
 
 
 def existing_file_io(source: str | Path, template: nn.Module) -> ArtifactIO:

@@ -435,8 +435,8 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     """Validate the recipe, run it, write results.json, report.html, the recipe and the artifact."""
+    from torchslim.api import compress
     from torchslim.errors import TaskError
-    from torchslim.pipeline import run_recipe
     from torchslim.recipe import Recipe
     from torchslim.report import Report, results_table
     from torchslim.tasks import resolve_task
@@ -454,7 +454,7 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
     )
     _set_device(task, args)
     out = Path(args.out)
-    run = run_recipe(
+    run = compress(  # what ts.compress does: run_recipe, then results.json, report, recipe
         recipe,
         task,
         out=out,
@@ -463,16 +463,7 @@ def cmd_compress(args: argparse.Namespace, console: Console) -> int:
         threads=args.threads,
         batch_n=args.batch_size,
     )
-    report = Report(
-        task=task.name,
-        metric_name=task.metric_name,
-        baseline=run.baseline_footprint,
-        candidates=[run.candidate],
-        best=run.candidate.name,
-        hardware=machine_record(args.threads),
-    )
-    report.save(out)
-    recipe.save(out / "recipe.yaml")
+    report = Report.load(out / "results.json")
     console.print(results_table(report))
     if args.layers:
         _print_footprint(console, run.candidate.name, run.candidate.footprint, layers=True)
@@ -549,8 +540,8 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     from torchslim import tasks
     from torchslim.errors import ConfigError
     from torchslim.report import results_table
-    from torchslim.search import optimize
     from torchslim.search.budget import Budget
+    from torchslim.search.optimize import optimize
 
     ranges: dict[str, list[float]] = {}
     for item in args.range:

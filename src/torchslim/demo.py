@@ -1,16 +1,18 @@
 """The demo: every technique family on the default task, measured side by side in one run.
 
-``torchslim demo`` trains (or loads) the baseline of ``mnist1d-cnn``, applies one
-recipe per technique family, measures every artifact together with the baseline
-(latencies interleaved in one run), measures quantized models' deployed ONNX
-Runtime int8 artifacts against fp32 ONNX Runtime, and writes ``results.json``,
-``report.html`` and the artifacts.
+``torchslim demo`` trains (or loads) the baseline of ``mnist1d-cnn`` and runs one
+recipe per technique family through the pipeline every command uses
+(:func:`torchslim.pipeline.run_recipes`: the same steps, artifacts and MACs as
+``torchslim compress`` of each recipe; every artifact measured together with the
+baseline, latencies interleaved in one run; quantized models' deployed ONNX Runtime
+int8 artifacts against fp32 ONNX Runtime), then writes ``results.json``,
+``report.html``, the artifacts and the recipes. The demo keeps its table and report,
+not a pipeline of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +20,11 @@ from rich.console import Console
 
 from torchslim import tasks
 from torchslim.hardware import machine_record
-from torchslim.measure import checkpoint_io, compare, measure_many
-from torchslim.pipeline import (
-    Applied,
-    apply_recipe,
-    artifact_io,
-    choose_format,
-    deploy_onnx,
-    has_int_grid,
-    safe_name,
-)
+from torchslim.measure import compare
+from torchslim.pipeline import run_recipes, safe_name
 from torchslim.progress import console as progress_console
 from torchslim.recipe import Export, Recipe
-from torchslim.report import Candidate, Report, results_table
+from torchslim.report import Report, results_table
 from torchslim.task import Task
 from torchslim.techniques import CONFIGS
 
@@ -95,7 +89,7 @@ def demo_recipes(quick: bool = False) -> list[Recipe]:
 
 def _optimized_recipe(task: Task, quick: bool) -> Recipe:
     """The optimizer's answer (greedy, smallest artifact within the 1-point budget) as a recipe."""
-    from torchslim.search import optimize
+    from torchslim.search.optimize import optimize
 
     progress_console.print("  optimizing: smallest artifact within a 1-point budget (greedy) ...")
     result = optimize(
@@ -142,47 +136,25 @@ def run_demo(
     base = task.baseline()
     recipes = demo_recipes(quick)
     recipes.append(_optimized_recipe(task, quick))
-    applied: list[tuple[Recipe, Applied]] = []
-    for recipe in recipes:
-        progress_console.print(f"  applying {recipe.name} ...")
-        applied.append((recipe, apply_recipe(recipe, task, base)))
-    models = [base] + [item.model for _, item in applied]
-    ios = [checkpoint_io(task, base)] + [
-        artifact_io(
-            item.model, task, choose_format(item.model, r.export.format if r.export else None)
-        )
-        for r, item in applied
-    ]
-    paths = [out / "baseline.safetensors"] + [
-        out / f"{safe_name(r.name)}.safetensors" for r, _ in applied
-    ]
-    from torchslim.techniques.fake_quant import is_simulated
-
-    progress_console.print("  measuring every artifact (latencies interleaved in one run) ...")
-    start = time.perf_counter()
-    footprints = measure_many(
-        models,
-        task,
-        artifacts=paths,
-        ios=ios,
-        batch_n=batch_n,
-        threads=1,
-        simulated=[False] + [is_simulated(m) for m in models[1:]],
-        latency_seconds=0.1 if quick else 1.0,
+    progress_console.print(
+        "  applying each recipe, then measuring every artifact (latencies interleaved in one run) ..."
     )
-    measure_seconds = time.perf_counter() - start
-    candidates = []
-    for (recipe, item), footprint in zip(applied, footprints[1:], strict=True):
-        candidate = item.candidate(recipe, footprint)
-        _early_exit_macs(candidate, item, task)
-        if has_int_grid(item.model):
-            progress_console.print(f"  deploying {recipe.name} to ONNX Runtime int8 ...")
-            deploy_onnx(candidate, item.model, base, task, out, recipe.name, None, 1, batch_n, True)
-        candidates.append(candidate)
+    runs = run_recipes(
+        recipes,
+        task,
+        baseline=base,
+        baseline_artifact=out / "baseline.safetensors",
+        out=out,
+        threads=1,
+        batch_n=batch_n,
+        latency_seconds=0.1 if quick else 1.0,
+        on_apply=lambda recipe: progress_console.print(f"  applying {recipe.name} ..."),
+    )
+    candidates = [run.candidate for run in runs]
     report = Report(
         task=task.name,
         metric_name=task.metric_name,
-        baseline=footprints[0],
+        baseline=runs[0].baseline_footprint,
         candidates=candidates,
         budget=dict(BUDGET),
         hardware=machine_record(1),
@@ -195,26 +167,11 @@ def run_demo(
         ).name
     report.notes.append(
         f"objective: smallest artifact within a {BUDGET['max_drop'] * 100:.0f}-point accuracy drop; "
-        f"timing: torch eager, 1 thread, {measure_seconds:.0f} s for all models interleaved"
+        "timing: torch eager, 1 thread, all models interleaved in one run"
     )
     report.save(out)
-    for recipe, _ in applied:
+    for recipe in recipes:
         recipe.save(out / "recipes" / f"{safe_name(recipe.name)}.yaml")
     console.print(results_table(report))
     console.print(f"wrote {out / 'results.json'}, {out / 'report.html'} and the artifacts in {out}")
     return report
-
-
-def _early_exit_macs(candidate: Candidate, item: Applied, task: Task) -> None:
-    """For an early-exit model, MACs are the average over test samples of the path taken."""
-    from torchslim.techniques.dynamic import EarlyExitModel, sweep_thresholds
-
-    model = item.model
-    if not isinstance(model, EarlyExitModel):
-        return
-    row = sweep_thresholds(model, task, thresholds=(model.threshold,), latency=False)[0]
-    candidate.footprint = dataclasses.replace(candidate.footprint, macs=int(round(row["avg_macs"])))
-    candidate.layers = {
-        f"exit {i}": {"exit share": share} for i, share in enumerate(row["exit_fractions"])
-    }
-    item.notes["early_exit_sweep"] = row

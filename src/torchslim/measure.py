@@ -3,7 +3,8 @@
 * parameters and non-zero parameters;
 * bytes of the saved artifact: a real file is written, re-loaded, and must give the
   same outputs (never an estimate);
-* MACs and FLOPs, total and per layer, from ``torch.utils.flop_counter``;
+* MACs and FLOPs, total and per layer, from ``torch.utils.flop_counter`` (counted in
+  :mod:`torchslim.macs`; re-exported here);
 * the task's metric on the test split;
 * latency at batch 1 and batch N on a named runtime: warm-up, many repeats, median
   and spread, a fixed thread count, and A/B models interleaved round by round.
@@ -23,12 +24,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from torchslim.artifacts import ArtifactIO
-from torchslim.batches import call_model, eval_mode, preserved_modes, threads_fixed
+from torchslim.batches import batch_size_of, call_model, eval_mode, preserved_modes, threads_fixed
 from torchslim.checkpoint import checkpoint_io, existing_file_io  # noqa: F401 - re-exported
 from torchslim.errors import CheckpointError, ConfigError
+from torchslim.macs import (  # noqa: F401 - count_macs, input_dependent: re-exported
+    MacCount,
+    count_macs,
+    input_dependent,
+    model_macs,
+)
 from torchslim.task import Task
 
 # ------------------------------------------------------------------ counting
@@ -76,69 +82,6 @@ class LayerFootprint:
     params: int
     nonzero_params: int
     macs: int
-
-
-@dataclass
-class MacCount:
-    """MACs and FLOPs of one forward pass at batch size 1, total and per leaf module."""
-
-    macs: int
-    flops: int
-    per_layer: dict[str, int]
-
-
-def count_macs(model: nn.Module, inputs: Any) -> MacCount:
-    """Count MACs and FLOPs of ``model`` on ``inputs`` (batch 1) with torch's FlopCounterMode.
-
-    The counter covers matrix multiplies and convolutions (including grouped and
-    depthwise ones) and the two matrix products of scaled-dot-product attention
-    (also the CPU kernel, which torch's table leaves out); it reports FLOPs = 2 × MACs
-    for them. Element-wise work (activations, normalization, softmax) is not counted,
-    as is customary for MACs.
-    """
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    with eval_mode(model), torch.no_grad(), counter:
-        call_model(model, inputs)
-    batch = _batch_of(inputs)
-    flops = counter.get_total_flops() // batch
-    inclusive = {
-        (key.split(".", 1)[1] if "." in key else ""): sum(ops.values())
-        for key, ops in counter.get_flop_counts().items()
-        if key != "Global"
-    }
-
-    def counted_below(module: nn.Module, prefix: str) -> int:
-        # children that ran ops; a container that is never called (nn.ModuleList) is looked
-        # through to its members
-        total = 0
-        for child_name, child in module.named_children():
-            key = f"{prefix}.{child_name}"
-            total += inclusive[key] if key in inclusive else counted_below(child, key)
-        return total
-
-    per_layer: dict[str, int] = {}
-    for name, module in model.named_modules():
-        if name not in inclusive or not name:
-            continue
-        own = inclusive[name] - counted_below(module, name)
-        if own > 0:  # the module itself runs the op (a leaf, or a wrapper calling F.conv/linear)
-            per_layer[name] = own // 2 // batch
-    return MacCount(macs=flops // 2, flops=flops, per_layer=per_layer)
-
-
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
-
-
-def _batch_of(inputs: Any) -> int:
-    from torchslim.batches import batch_size_of
-
-    return max(1, batch_size_of(inputs))
 
 
 def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
@@ -297,7 +240,7 @@ def benchmark_latency(
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} is unknown; use one of {sorted(RUNTIMES)}")
     target = resolve_device(device) if runtime == "torch" else torch.device("cpu")
-    batch = _batch_of(inputs)
+    batch = max(1, batch_size_of(inputs))
     with threads_fixed(threads), contextlib.ExitStack() as kept:
         for model in models:  # runtimes put models in eval mode: every module's mode comes back
             kept.enter_context(preserved_modes(model))
@@ -487,14 +430,13 @@ def measure_many(
         raise ConfigError(f"batch_n must be >= 1, got {batch_n}")
     for model in models:
         task.check_inputs(model)
-    one = task.inputs(1)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="torchslim-") as tmp:
         for index, model in enumerate(models):
             io = ios[index] or checkpoint_io(task, model)
             path = Path(artifacts[index] or Path(tmp) / f"model{index}{io.suffix}")
             size = artifact_bytes(model, path, task.inputs(8), io)
-            macs = count_macs(model, one)
+            macs = model_macs(model, task, split)
             results.append(
                 {
                     "metric": task.evaluate(model, split),

@@ -11,7 +11,7 @@ ONNX Runtime int8 artifact against fp32 on the same runtime.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,14 @@ from torchslim.artifacts import (
     resolve_format,
 )
 from torchslim.artifacts import choose_format as choose_registered
+from torchslim.errors import ConfigError
 from torchslim.measure import (
     Footprint,
     count_macs,
     count_nonzero,
     count_parameters,
     measure_many,
+    model_macs,
 )
 from torchslim.recipe import Recipe
 from torchslim.report.results import Candidate
@@ -83,7 +85,7 @@ def snapshot(
         "metric": task.evaluate(model, split),
         "params": count_parameters(model),
         "nonzero_params": count_nonzero(model),
-        "macs": count_macs(model, task.inputs(1)).macs,
+        "macs": model_macs(model, task, split).macs,
         "seconds": round(seconds, 3),
     }
 
@@ -158,6 +160,9 @@ def run_recipe(
 ) -> RecipeRun:
     """Apply every step of ``recipe`` to the task's baseline and measure the result.
 
+    The one way a candidate is run and measured: ``torchslim compress``, the optimizer's
+    candidates and its answer, and the demo (:func:`run_recipes`) all come through here.
+
     Args:
         recipe: the steps (validated already).
         task: the task whose baseline is compressed.
@@ -176,77 +181,142 @@ def run_recipe(
         eager_latency: with ``latency``, also time the in-memory model (False: only the
             deployed ONNX Runtime model is timed, e.g. when only that latency is compared).
     """
+    return run_recipes(
+        [recipe],
+        task,
+        baseline=baseline,
+        baseline_footprint=baseline_footprint,
+        out=out,
+        names=[name],
+        latency=latency,
+        runtime=runtime,
+        threads=threads,
+        batch_n=batch_n,
+        deploy=deploy,
+        split=split,
+        after_step=after_step,
+        eager_latency=eager_latency,
+    )[0]
+
+
+def run_recipes(
+    recipes: Sequence[Recipe],
+    task: Task,
+    *,
+    baseline: nn.Module | None = None,
+    baseline_footprint: Footprint | None = None,
+    baseline_artifact: str | Path | None = None,
+    out: str | Path | None = None,
+    names: Sequence[str | None] | None = None,
+    latency: bool = True,
+    runtime: str = "torch",
+    threads: int = 1,
+    batch_n: int = 64,
+    deploy: bool | None = None,
+    split: str = "test",
+    after_step: Callable[[dict[str, Any]], None] | None = None,
+    eager_latency: bool = True,
+    latency_seconds: float = 1.0,
+    on_apply: Callable[[Recipe], None] | None = None,
+) -> list[RecipeRun]:
+    """Several recipes against one baseline, their artifacts measured in one run.
+
+    Every recipe is applied (:func:`apply_recipe`), then the baseline (unless
+    ``baseline_footprint`` is given; its artifact kept at ``baseline_artifact`` when given)
+    and every candidate are measured by one :func:`~torchslim.measure.measure_many`, so their
+    latencies are interleaved round by round; quantized candidates are then deployed
+    (:func:`deploy_onnx`). The other arguments are :func:`run_recipe`'s, for every recipe;
+    ``names`` name the candidates (None: the recipe's name), ``latency_seconds`` is the
+    timing budget per model and batch size, ``on_apply(recipe)`` is called before each
+    recipe is applied (progress messages).
+    """
+    if names is not None and len(names) != len(recipes):
+        raise ConfigError("run_recipes needs one name (or None) per recipe")
+    labels = [(names[i] if names else None) or recipe.name for i, recipe in enumerate(recipes)]
     base = baseline if baseline is not None else task.baseline()
-    applied = apply_recipe(recipe, task, base, split, after_step)
-    model = applied.model
-    label = name or recipe.name
-    requested = recipe.export.format if recipe.export else None
-    fmt = choose_format(model, requested)
-    io = artifact_io(model, task, fmt)
-    artifact = Path(out) / f"{safe_name(label)}{io.suffix}" if out is not None else None
-    baseline_footprint, footprint = _measure(
-        model,
+    applied: list[Applied] = []
+    for recipe in recipes:
+        if on_apply is not None:
+            on_apply(recipe)
+        applied.append(apply_recipe(recipe, task, base, split, after_step))
+    requested = [recipe.export.format if recipe.export else None for recipe in recipes]
+    ios = [
+        artifact_io(item.model, task, choose_format(item.model, fmt))
+        for item, fmt in zip(applied, requested, strict=True)
+    ]
+    artifacts = [
+        Path(out) / f"{safe_name(label)}{io.suffix}" if out is not None else None
+        for label, io in zip(labels, ios, strict=True)
+    ]
+    baseline_footprint, footprints = _measure(
+        [item.model for item in applied],
         base,
         task,
-        io,
-        artifact,
+        ios,
+        artifacts,
         baseline_footprint,
-        latency and eager_latency,
-        runtime,
-        threads,
-        batch_n,
-        split,
+        baseline_artifact,
+        latency=latency and eager_latency,
+        runtime=runtime,
+        threads=threads,
+        batch_n=batch_n,
+        split=split,
+        latency_seconds=latency_seconds,
     )
-    candidate = applied.candidate(recipe, footprint, label)
-    wants_deploy = (
-        deploy if deploy is not None else (has_int_grid(model) or requested == "onnx-int8")
-    )
-    deployed = None
-    if wants_deploy or requested == "onnx":
-        deployed = deploy_onnx(
-            candidate, model, base, task, out, label, requested, threads, batch_n, latency, split
-        )
-    return RecipeRun(model, candidate, baseline_footprint, applied.notes, artifact, deployed)
+    runs = []
+    for recipe, item, footprint, label, fmt, artifact in zip(
+        recipes, applied, footprints, labels, requested, artifacts, strict=True
+    ):
+        model = item.model
+        candidate = item.candidate(recipe, footprint, label)
+        candidate.layers.update(_path_shares(model, task, split))
+        wants_deploy = deploy if deploy is not None else (has_int_grid(model) or fmt == "onnx-int8")
+        deployed = None
+        if wants_deploy or fmt == "onnx":
+            deployed = deploy_onnx(
+                candidate, model, base, task, out, label, fmt, threads, batch_n, latency, split
+            )
+        runs.append(RecipeRun(model, candidate, baseline_footprint, item.notes, artifact, deployed))
+    return runs
 
 
 def _measure(
-    model: nn.Module,
+    models: list[nn.Module],
     base: nn.Module,
     task: Task,
-    io: ArtifactIO,
-    artifact: Path | None,
+    ios: list[ArtifactIO],
+    artifacts: list[Path | None],
     baseline_footprint: Footprint | None,
-    latency: bool,
-    runtime: str,
-    threads: int,
-    batch_n: int,
-    split: str = "test",
-) -> tuple[Footprint, Footprint]:
-    """(baseline, candidate) footprints; both timed in one interleaved run when needed."""
+    baseline_artifact: str | Path | None,
+    **settings: Any,
+) -> tuple[Footprint, list[Footprint]]:
+    """(baseline, candidates) footprints; all timed in one interleaved run when needed."""
     from torchslim.techniques.fake_quant import is_simulated
 
-    simulated = is_simulated(model)
-    settings: dict[str, Any] = {
-        "runtime": runtime,
-        "threads": threads,
-        "batch_n": batch_n,
-        "latency": latency,
-        "split": split,
-    }
+    simulated = [is_simulated(model) for model in models]
     if baseline_footprint is None:
-        base_fp, footprint = measure_many(
-            [base, model],
+        footprints = measure_many(
+            [base, *models],
             task,
-            artifacts=[None, artifact],
-            ios=[None, io],
-            simulated=[False, simulated],
+            artifacts=[baseline_artifact, *artifacts],
+            ios=[None, *ios],
+            simulated=[False, *simulated],
             **settings,
         )
-        return base_fp, footprint
-    footprint = measure_many(
-        [model], task, artifacts=[artifact], ios=[io], simulated=[simulated], **settings
-    )[0]
-    return baseline_footprint, footprint
+        return footprints[0], footprints[1:]
+    footprints = measure_many(
+        models, task, artifacts=artifacts, ios=ios, simulated=simulated, **settings
+    )
+    return baseline_footprint, footprints
+
+
+def _path_shares(model: nn.Module, task: Task, split: str) -> dict[str, dict[str, float]]:
+    """Per-exit rows ``{"exit i": {"exit share": s}}`` of a model that reports its exit
+    shares on a split (``exit_shares(task, split)``: early exit), else nothing."""
+    shares = getattr(model, "exit_shares", None)
+    if not callable(shares):
+        return {}
+    return {f"exit {i}": {"exit share": share} for i, share in enumerate(shares(task, split))}
 
 
 def deploy_onnx(

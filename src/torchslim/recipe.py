@@ -106,7 +106,7 @@ class Recipe:
             path = Path(source)
             if not path.is_file():
                 raise ConfigError(f"recipe {path} does not exist; pass the path of a YAML recipe")
-            text = path.read_text(encoding="utf-8")
+            text = _read_recipe_text(path)
         try:
             loader = yaml.SafeLoader(text)
             try:
@@ -126,6 +126,23 @@ class Recipe:
         from torchslim.fileio import write_text_atomic
 
         write_text_atomic(path, self.to_yaml())
+
+
+def _read_recipe_text(path: Path) -> str:
+    """The recipe file as text; a binary or unreadable file is one ConfigError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"recipe {path} cannot be read ({exc.strerror or exc}); pass a readable YAML recipe"
+        ) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"recipe {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); pass a YAML recipe, not a binary file"
+        ) from exc
 
 
 class _Lines:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.batches import call_model, split_batch
+from torchslim.batches import call_model, eval_mode, split_batch
 from torchslim.device import on_device
 from torchslim.errors import ConfigError, ShapeError
 from torchslim.task import Task, TrainResult
@@ -181,15 +181,8 @@ class _StudentWithAdapters(nn.Module):
 def check_compatible(student: nn.Module, teacher: nn.Module, task: Task) -> None:
     """Raise ShapeError unless student and teacher give outputs of the same shape."""
     inputs = task.inputs(2)
-    modes = student.training, teacher.training
-    student.eval()
-    teacher.eval()
-    try:
-        with torch.no_grad():
-            s_out, t_out = call_model(student, inputs), call_model(teacher, inputs)
-    finally:
-        student.train(modes[0])
-        teacher.train(modes[1])
+    with eval_mode(student), eval_mode(teacher), torch.no_grad():  # each module's mode restored
+        s_out, t_out = call_model(student, inputs), call_model(teacher, inputs)
     if tuple(s_out.shape) != tuple(t_out.shape):
         raise ShapeError(
             f"student outputs {tuple(s_out.shape[1:])} but teacher outputs "
@@ -248,7 +241,7 @@ def distill(
     if not (mixup >= 0 and math.isfinite(mixup)):
         raise ConfigError(f"mixup must be >= 0 (0 turns it off), got {mixup}")
     check_compatible(student, teacher, task)
-    teacher_mode = teacher.training
+    teacher_modes = [(module, module.training) for module in teacher.modules()]
     teacher.eval()
     requires = [p.requires_grad for p in teacher.parameters()]
     for param in teacher.parameters():
@@ -310,7 +303,8 @@ def distill(
                 capture.remove()
         for param, flag in zip(teacher.parameters(), requires, strict=True):
             param.requires_grad_(flag)
-        teacher.train(teacher_mode)
+        for module, mode in teacher_modes:  # each module's own mode, not the root's
+            module.training = mode
         student.eval()
 
 

@@ -84,6 +84,8 @@ class EarlyExitModel(nn.Module):
         threshold: softmax confidence at which a sample leaves (> 1: never leaves early).
     """
 
+    input_dependent_macs = True  # measure.model_macs averages its MACs over the data
+
     def __init__(
         self,
         segments: Sequence[nn.Module],
@@ -98,6 +100,18 @@ class EarlyExitModel(nn.Module):
         self.threshold = float(threshold)
         self.forced_exit: int | None = None
         self.exit_counts = [0] * (len(heads) + 1)
+
+    def exit_shares(self, task: Task, split: str = "test") -> list[float]:
+        """Share of the split's samples that leave at each exit (the final head last),
+        rounded to 4 decimals; the model's weights, mode and ``exit_counts`` are kept."""
+        saved = self.exit_counts
+        self.exit_counts = [0] * len(saved)
+        try:
+            task.evaluate(self, split)
+            total = sum(self.exit_counts) or 1
+            return [round(count / total, 4) for count in self.exit_counts]
+        finally:
+            self.exit_counts = saved
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every exit head then the final head, for every sample (training)."""
@@ -401,6 +415,8 @@ class GatedBranches(nn.Module):
         channels: input channels (dim 1) the gate reads after global average pooling.
         prefer: index of the branch the gate initially prefers (the original block).
     """
+
+    input_dependent_macs = True  # measure.model_macs averages its MACs over the data
 
     def __init__(self, branches: Sequence[nn.Module], channels: int, prefer: int = 0) -> None:
         super().__init__()

@@ -372,4 +372,6 @@ def _student_search(model: nn.Module, config: StudentSearch, context: ApplyConte
             f"student_search found no candidate within budget {config.budget}; raise the budget "
             "or widen the space"
         )
-    return result.best.model
+    student = result.best.model
+    student.torchslim_arch = result.best.arch  # its own architecture: artifacts rebuild it
+    return student
