@@ -16,6 +16,7 @@ import torchslim as ts
 from torchslim.cli import main
 from torchslim.pipeline import artifact_io
 from torchslim.techniques import CONFIGS, apply
+from torchslim.techniques.base import Scope
 
 MODEL_SOURCE = '''
 import torch
@@ -363,3 +364,36 @@ def test_multihead_attention_heads_reload(tmp_path: Path) -> None:
     reloaded = ts.load(path, model=Encoder())
     inputs = task.inputs(4)
     assert torch.equal(_outputs(reloaded, inputs), _outputs(pruned, inputs))
+
+
+def test_gated_skip_reloads(user, tmp_path: Path) -> None:
+    """A residual block wrapped by gated_skip: the gate and its branches are recorded, so
+    ts.load rebuilds the gated model from the original and computes the same outputs, with
+    the same per-sample choice of branch."""
+    from torchslim.techniques.dynamic import GatedBranches
+
+    _, namespace, task = user
+    config = CONFIGS["gated_skip"](scope=Scope(include=("features.4",)), epochs=0)
+    gated = apply(namespace["make_model"](), config, task)
+    inputs = task.inputs(16)
+    with torch.no_grad():  # a gate that skips the block for half the samples
+        gate = gated.features[4].gate
+        gate.weight.copy_(
+            torch.randn(gate.weight.shape, generator=torch.Generator().manual_seed(1))
+        )
+        gate.bias.zero_()
+        scores = gated.features[4].gate_logits(gated.features[:4](inputs))
+        gate.bias[1] = (scores[:, 0] - scores[:, 1]).median() + 1e-4
+    path = tmp_path / "gated.safetensors"
+    ts.measure(gated, task, artifact=path, latency=False)
+    spec = ts.checkpoint.read_spec(path)
+    assert spec["gated"] == {
+        "features.4": {"channels": 16, "branches": ["original", {"type": "Identity"}]}
+    }
+    reloaded = ts.load(path, model=namespace["make_model"]())
+    block = reloaded.features[4]
+    assert isinstance(block, GatedBranches) and block.branch_counts == [0, 0]
+    assert torch.equal(_outputs(reloaded, inputs), _outputs(gated, inputs))
+    assert block.branch_counts == [8, 8]  # the gate's choices, sample by sample
+    # the original branch keeps the Residual block's weights under its own names
+    assert torch.equal(block.branches[0].conv1.weight, gated.features[4].branches[0].conv1.weight)

@@ -11,7 +11,9 @@ architecture or the user's own ``nn.Module`` / factory), so no class is ever pic
 * ``resized``: parameters / buffers of other modules whose shape changed (a class token,
   a position embedding, a layer scale cut with the embedding width): ``{tensor: shape}``;
 * ``attributes``: ``num_heads`` / ``head_dim`` of fused-qkv attention after pruning;
-* ``early_exit``: the exit points, threshold and exit heads of an early-exit model.
+* ``early_exit``: the exit points, threshold and exit heads of an early-exit model;
+* ``gated``: blocks a gate may skip (``gated_skip``): ``{block: {"channels", "branches"}}``,
+  each branch ``"original"`` (the block itself) or a module description (``Identity``).
 
 :func:`load` (``torchslim.load``) applies them to a copy of the original, first on the meta
 device (no memory) to compare with the file's tensor shapes, then loads the weights.
@@ -34,7 +36,7 @@ from torchslim.structure import apply_structure, build_module, describe_module
 ATTRIBUTES = ("num_heads", "head_dim")
 """Integer attributes recorded when they change (fused-qkv attention after pruning)."""
 
-RECORD_KEYS = ("structure", "factorized", "resized", "attributes", "early_exit")
+RECORD_KEYS = ("structure", "factorized", "resized", "attributes", "early_exit", "gated")
 """Spec keys that describe how a compressed model differs from its original."""
 
 Original = nn.Module | Callable[[], nn.Module]
@@ -58,6 +60,50 @@ def _named(model: nn.Module, reference: nn.Module) -> list[tuple[str, nn.Module]
             if base is not None:
                 named.append((".".join([base, *parts[3:]]), module))
     return named
+
+
+def _gated(
+    named: list[tuple[str, nn.Module]], reference: dict[str, nn.Module]
+) -> tuple[list[tuple[str, nn.Module]], dict[str, Any]]:
+    """Gated blocks' records, and ``named`` with each gated block's original branch renamed
+    to the block's own name (its gate and other branches left out: they are recorded)."""
+    from torchslim.techniques.dynamic import GatedBranches
+
+    gated: dict[str, Any] = {}
+    kept: dict[str, str] = {}  # "block.branches.k" -> "block"
+    for name, module in named:
+        if not isinstance(module, GatedBranches):
+            continue
+        other = reference.get(name)
+        kind = type(other).__qualname__ if other is not None else None  # (a class re-imported
+        original = next(  # from the same task file is another object of the same name)
+            (i for i, b in enumerate(module.branches) if type(b).__qualname__ == kind), None
+        )
+        if original is None:
+            raise CheckpointError(
+                f"gated block {name} holds no branch of the original's type; save it with the "
+                "model it was gated from"
+            )
+        branches = [
+            "original" if i == original else describe_module(branch)
+            for i, branch in enumerate(module.branches)
+        ]
+        if any(branch is None for branch in branches):
+            raise CheckpointError(f"gated block {name} holds a branch with no description")
+        gated[name] = {"channels": int(module.gate.in_features), "branches": branches}
+        kept[f"{name}.branches.{original}" if name else f"branches.{original}"] = name
+    if not gated:
+        return named, {}
+    renamed = []
+    for name, module in named:
+        block = next((b for b in gated if name == b or name.startswith(f"{b}.")), None)
+        if block is None:
+            renamed.append((name, module))
+            continue
+        prefix = next((k for k in kept if name == k or name.startswith(f"{k}.")), None)
+        if prefix is not None:  # inside the original branch: the original's own names
+            renamed.append((kept[prefix] + name[len(prefix) :], module))
+    return renamed, gated
 
 
 def _segment_names(reference: nn.Module, exits: list[str]) -> dict[tuple[int, int], str]:
@@ -91,7 +137,7 @@ def structure_record(model: nn.Module, reference: nn.Module | None) -> dict[str,
     from torchslim.techniques.lowrank import Factorized
 
     reference_modules = dict(reference.named_modules())
-    named = _named(model, reference)
+    named, gated = _gated(_named(model, reference), reference_modules)
     structure: dict[str, Any] = {}
     factorized: dict[str, Any] = {}
     resized: dict[str, list[int]] = {}
@@ -131,6 +177,7 @@ def structure_record(model: nn.Module, reference: nn.Module | None) -> dict[str,
         ("factorized", factorized),
         ("resized", resized),
         ("attributes", attributes),
+        ("gated", gated),
     ):
         if value:
             record[key] = value
@@ -245,8 +292,28 @@ def _apply_record(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
                     "load it with the architecture it was saved from"
                 )
             setattr(owner, key, int(value))
+    if spec.get("gated"):
+        model = _gate(model, spec["gated"])
     if spec.get("early_exit"):
         model = _early_exit(model, spec["early_exit"])
+    return model
+
+
+def _gate(model: nn.Module, entries: dict[str, Any]) -> nn.Module:
+    """Wrap each recorded block in a gate with its recorded branches."""
+    from torchslim.techniques.dynamic import GatedBranches
+
+    for name, entry in entries.items():
+        block = _submodule(model, name, "gates")
+        branches = [
+            block if branch == "original" else build_module(branch)
+            for branch in entry["branches"]
+        ]
+        gated = GatedBranches(branches, int(entry["channels"]))
+        if not name:
+            return gated
+        parent_name, _, child = name.rpartition(".")
+        setattr(_submodule(model, parent_name, "gates"), child, gated)
     return model
 
 
