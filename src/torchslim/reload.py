@@ -306,8 +306,7 @@ def _gate(model: nn.Module, entries: dict[str, Any]) -> nn.Module:
     for name, entry in entries.items():
         block = _submodule(model, name, "gates")
         branches = [
-            block if branch == "original" else build_module(branch)
-            for branch in entry["branches"]
+            block if branch == "original" else build_module(branch) for branch in entry["branches"]
         ]
         gated = GatedBranches(branches, int(entry["channels"]))
         if not name:
