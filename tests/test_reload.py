@@ -397,3 +397,91 @@ def test_gated_skip_reloads(user, tmp_path: Path) -> None:
     assert block.branch_counts == [8, 8]  # the gate's choices, sample by sample
     # the original branch keeps the Residual block's weights under its own names
     assert torch.equal(block.branches[0].conv1.weight, gated.features[4].branches[0].conv1.weight)
+
+
+class TwoInputNet(nn.Module):
+    """A user model with two inputs: an image branch and a metadata branch, fused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.meta = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.fuse = nn.Linear(16, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([self.image(image), self.meta(meta)], 1)
+        return self.head(torch.relu(self.fuse(both)))
+
+
+class _TwoInputs(torch.utils.data.Dataset):
+    """Batches of ((image, meta), label) or {"image", "meta", "labels"}."""
+
+    def __init__(self, kind: str, samples: int = 24) -> None:
+        generator = torch.Generator().manual_seed(3)
+        self.kind = kind
+        self.images = torch.randn(samples, 1, 8, 8, generator=generator)
+        self.meta = torch.randn(samples, 4, generator=generator)
+        self.labels = torch.randint(0, 3, (samples,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        if self.kind == "dict":
+            return {"image": self.images[i], "meta": self.meta[i], "labels": self.labels[i]}
+        return (self.images[i], self.meta[i]), self.labels[i]
+
+
+def _two_input_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoInputNet().eval()
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict"])
+def test_model_with_several_inputs_prunes_and_reloads(tmp_path: Path, kind: str) -> None:
+    """forward(image, meta) fed positionally (tuple batches) or by keyword (dict batches)."""
+    from torchslim.task import call_model
+
+    data = _TwoInputs(kind)
+    task = ts.Task(name=f"two-{kind}", model=_two_input_net, train=data, val=data, test=data)
+    inputs = task.inputs(8)
+    assert isinstance(inputs, dict if kind == "dict" else list)
+    model = task.build_model()
+    pruned = apply(model, CONFIGS["channel_pruning"](ratio=0.5), task)
+    # both branches and the fusion halve (the head is the classifier): by hand, conv 1->4
+    # (4*9 + 4), meta 4->4 (16 + 4), fuse 8->6 (48 + 6), head 6->3 (18 + 3)
+    assert (pruned.image[0].out_channels, pruned.meta[0].out_features) == (4, 4)
+    assert (pruned.fuse.in_features, pruned.fuse.out_features) == (8, 6)
+    assert ts.count_parameters(model) == 80 + 40 + 204 + 39 == 363
+    assert ts.count_parameters(pruned) == 40 + 20 + 54 + 21 == 135
+    assert ts.count_macs(pruned, task.inputs(1)).macs == 4 * 9 * 64 + 16 + 48 + 18
+    path = tmp_path / "pruned.safetensors"
+    footprint = ts.measure(pruned, task, artifact=path, latency=False)
+    reloaded = ts.load(path, model=TwoInputNet())
+    with torch.no_grad():
+        assert torch.equal(call_model(reloaded, inputs), call_model(pruned.eval(), inputs))
+    assert task.evaluate(reloaded) == pytest.approx(footprint.metric, abs=1e-12)
+
+
+def test_several_inputs_in_a_tensor_dataset_is_a_clear_error() -> None:
+    """A TensorDataset(images, meta, labels) gives the model its first tensor only."""
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(8, 1, 8, 8, generator=generator),
+        torch.randn(8, 4, generator=generator),
+        torch.randint(0, 3, (8,), generator=generator),
+    )
+    task = ts.Task(
+        name="flat", model=_two_input_net, test=data, train_config=ts.TrainConfig(epochs=0)
+    )
+    with pytest.raises(ts.ShapeError) as info:
+        apply(task.build_model(), CONFIGS["channel_pruning"](ratio=0.5), task)
+    assert str(info.value) == (
+        "channel pruning cannot call the model on the task's example inputs "
+        "(TwoInputNet.forward() missing 1 required positional argument: 'meta'); a model "
+        "with several inputs needs batches ((input1, input2, ...), target) or dicts of "
+        "keyword arguments (a TensorDataset gives only its first tensor)"
+    )

@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.errors import ConfigError, ShapeError, UnsupportedError
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -152,6 +152,13 @@ def final_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
     try:
         with eval_mode(model), torch.no_grad():
             call_model(model, inputs)
+    except TypeError as exc:  # e.g. forward(image, meta) given one tensor
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShapeError(
+            f"channel pruning cannot call the model on the task's example inputs ({first}); "
+            "a model with several inputs needs batches ((input1, input2, ...), target) or "
+            "dicts of keyword arguments (a TensorDataset gives only its first tensor)"
+        ) from exc
     finally:
         for hook in hooks:
             hook.remove()
