@@ -485,3 +485,29 @@ def test_several_inputs_in_a_tensor_dataset_is_a_clear_error() -> None:
         "with several inputs needs batches ((input1, input2, ...), target) or dicts of "
         "keyword arguments (a TensorDataset gives only its first tensor)"
     )
+
+
+@pytest.mark.parametrize(
+    ("gated", "message"),
+    [
+        ({"b": []}, "has 'gated.b' = list, expected an object"),
+        ({"b": {"channels": 4}}, "'gated.b' without exactly 'channels' and 'branches'"),
+        ({"b": {"channels": 0, "branches": []}}, "'gated.b.channels' = 0, expected > 0"),
+        ({"b": {"channels": 4, "branches": ["original"]}}, "without 2+ branches, one 'original'"),
+        ({"b": {"channels": 4, "branches": [{}, {}]}}, "without 2+ branches, one 'original'"),
+        (
+            {"b": {"channels": 4, "branches": ["original", 3]}},
+            "'gated.b.branches.1' = int, expected an object",
+        ),
+        ({"b": {"channels": 10**12, "branches": ["original", {"type": "Identity"}]}}, "more than"),
+    ],
+)
+def test_hostile_gated_records_are_one_line_errors(gated, message) -> None:
+    from torchslim.spec import CHECKPOINT_FORMAT, validate_spec
+
+    spec = {"format": CHECKPOINT_FORMAT, "gated": gated}
+    with pytest.raises(ts.CheckpointError) as info:
+        validate_spec(spec, "checkpoint f.safetensors", 10_000)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    good = {"b": {"channels": 4, "branches": ["original", {"type": "Identity"}]}}
+    assert validate_spec({"format": CHECKPOINT_FORMAT, "gated": good}, "f", 10_000)["gated"]
