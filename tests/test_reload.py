@@ -511,3 +511,27 @@ def test_hostile_gated_records_are_one_line_errors(gated, message) -> None:
     assert message in str(info.value) and "\n" not in str(info.value)
     good = {"b": {"channels": 4, "branches": ["original", {"type": "Identity"}]}}
     assert validate_spec({"format": CHECKPOINT_FORMAT, "gated": good}, "f", 10_000)["gated"]
+
+
+def test_records_rebuilding_every_layer_still_refuse_another_original(tmp_path: Path) -> None:
+    """A 50 % pruned ViT replica records every layer and tensor it changed, so a wider ViT
+    would otherwise load it silently (with its own softmax temperature): the file keeps the
+    original's shapes of what its records replace, and the first one that differs is named."""
+    from test_patterns import ViTReplica, _random_bn
+
+    original = _random_bn(ViTReplica())
+    data = TensorDataset(torch.randn(8, 3, 16, 16), torch.arange(8) % 10)
+    task = ts.Task(name="vit", model=original, test=data, train_config=ts.TrainConfig(epochs=0))
+    pruned = apply(original, CONFIGS["channel_pruning"](ratio=0.5), task)
+    path = tmp_path / "vit.safetensors"
+    ts.measure(pruned, task, artifact=path, latency=False)
+    shapes = ts.checkpoint.read_spec(path)["original_shapes"]
+    assert shapes["cls_token"] == [1, 1, 32] and shapes["blocks.0.attn.qkv.weight"] == [96, 32]
+    with pytest.raises(ts.CheckpointError) as info:
+        ts.load(path, model=ViTReplica(dim=48))
+    assert str(info.value) == (
+        f"checkpoint {path} was compressed from another architecture: cls_token has shape "
+        "(1, 1, 32) in the original it records but (1, 1, 48) in the model given; pass the "
+        "model it was compressed from"
+    )
+    assert torch.equal(ts.load(path, model=ViTReplica)(data.tensors[0]), pruned(data.tensors[0]))

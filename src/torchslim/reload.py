@@ -12,6 +12,8 @@ architecture or the user's own ``nn.Module`` / factory), so no class is ever pic
   a position embedding, a layer scale cut with the embedding width): ``{tensor: shape}``;
 * ``attributes``: ``num_heads`` / ``head_dim`` of fused-qkv attention after pruning;
 * ``early_exit``: the exit points, threshold and exit heads of an early-exit model;
+* ``original_shapes``: the original's shapes of every tensor the records above replace, so
+  that loading into another architecture is refused, naming the first such tensor;
 * ``gated``: blocks a gate may skip (``gated_skip``): ``{block: {"channels", "branches"}}``,
   each branch ``"original"`` (the block itself) or a module description (``Identity``).
 
@@ -36,7 +38,15 @@ from torchslim.structure import apply_structure, build_module, describe_module
 ATTRIBUTES = ("num_heads", "head_dim")
 """Integer attributes recorded when they change (fused-qkv attention after pruning)."""
 
-RECORD_KEYS = ("structure", "factorized", "resized", "attributes", "early_exit", "gated")
+RECORD_KEYS = (
+    "structure",
+    "factorized",
+    "resized",
+    "attributes",
+    "early_exit",
+    "gated",
+    "original_shapes",
+)
 """Spec keys that describe how a compressed model differs from its original."""
 
 Original = nn.Module | Callable[[], nn.Module]
@@ -181,6 +191,14 @@ def structure_record(model: nn.Module, reference: nn.Module | None) -> dict[str,
     ):
         if value:
             record[key] = value
+    replaced = [*structure, *factorized]
+    if replaced or resized:
+        reference_state = reference.state_dict()
+        record["original_shapes"] = {
+            key: list(tensor.shape)
+            for key, tensor in reference_state.items()
+            if key in resized or any(key.startswith(f"{name}.") for name in replaced)
+        }
     if isinstance(model, EarlyExitModel):
         heads = [[describe_module(layer) for layer in head] for head in model.heads]
         if any(layer is None for head in heads for layer in head):
@@ -415,7 +433,9 @@ def load(path: str | os.PathLike[str], model: Original | None = None) -> nn.Modu
             )
         model = _arch_builder(path, spec["arch"])
     _check_on_meta(path, model, spec)
-    compressed = apply_record(_instantiate(model), spec, f"checkpoint {path}")
+    original = _instantiate(model)
+    _check_original(path, original, spec.get("original_shapes") or {})
+    compressed = apply_record(original, spec, f"checkpoint {path}")
     try:
         return load_into(path, compressed).eval()
     except CheckpointError as exc:
@@ -475,6 +495,20 @@ def _check_on_meta(path: Path, original: Original, spec: dict[str, Any]) -> None
         check_shapes(state, shapes, f"checkpoint {path}")
     except CheckpointError as exc:
         raise CheckpointError(_with_student_hint(str(exc))) from exc
+
+
+def _check_original(path: Path, original: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """The tensors the records replace must have, in the model given, the shapes they had in
+    the model the file was compressed from (else every layer the records rebuild would
+    load, and the model given would silently stand for another architecture)."""
+    for key, tensor in original.state_dict().items():  # in the model's order
+        shape = shapes.get(key)
+        if shape is not None and tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(
+                f"checkpoint {path} was compressed from another architecture: {key} has shape "
+                f"{tuple(shape)} in the original it records but {tuple(tensor.shape)} in the "
+                "model given; pass the model it was compressed from"
+            )
 
 
 class _Shape:

@@ -62,6 +62,7 @@ CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
     "attributes": (dict,),
     "early_exit": (dict,),
     "gated": (dict,),
+    "original_shapes": (dict,),
 }
 """Keys of a ``torchslim.checkpoint/1`` spec and their JSON types."""
 
@@ -400,14 +401,16 @@ def _validate_record(spec: dict[str, Any], where: str, max_int: int) -> None:
             where,
         )
     _walk(spec.get("gated", {}), "gated", where, max_int)
-    for name, shape in spec.get("resized", {}).items():
-        _expect(shape, (list,), f"resized.{name}", where)
-        if len(shape) > 8:
-            raise _fail(where, f"has 'resized.{name}' with {len(shape)} dimensions")
-        for size in shape:
-            if _expect(size, (int,), f"resized.{name}", where) < 0:
-                raise _fail(where, f"has 'resized.{name}' = {shape} with a negative size")
-    _walk(spec.get("resized", {}), "resized", where, max_int)
+    for key in ("resized", "original_shapes"):
+        for name, shape in spec.get(key, {}).items():
+            _expect(shape, (list,), f"{key}.{name}", where)
+            if len(shape) > 8:
+                raise _fail(where, f"has '{key}.{name}' with {len(shape)} dimensions")
+            for size in shape:
+                if _expect(size, (int,), f"{key}.{name}", where) < 0:
+                    raise _fail(where, f"has '{key}.{name}' = {shape} with a negative size")
+        if key == "resized":  # (original shapes allocate nothing: only compared)
+            _walk(spec.get(key, {}), key, where, max_int)
     for name, values in spec.get("attributes", {}).items():
         _expect(values, (dict,), f"attributes.{name}", where)
         for key, value in values.items():
