@@ -8,7 +8,9 @@ block (depthwise 7x7, channels-last LayerNorm, layer scale), a RegNet block (gro
 3x3), DenseNet concatenation and a ViT (fused qkv Linear, ``num_heads``, class token,
 position embedding). Every test prunes 50 % and checks the output shape, parameter and
 MAC counts worked out by hand from the layer widths, that the pruned model runs in train
-and eval mode, and that it exports to ONNX and matches there.
+and eval mode, and that it exports to ONNX and matches there. The ViT also goes through
+per-group ratios (its q/k/v width tied to the embedding), the optimizer's size objective
+(its file reloaded with ``torchslim.load``) and ONNX Runtime static / dynamic int8.
 """
 
 from __future__ import annotations
@@ -755,6 +757,11 @@ def test_pruned_vit_deploys_as_onnx_runtime_int8(tmp_path, mode):
     assert output.shape == reference.shape == (64, 10)
     cosine = F.cosine_similarity(output, reference, dim=1).mean()
     print(f"{mode}: cosine {float(cosine):.4f}, SNR {_snr_db(reference, output):.1f} dB")
-    # measured on a Xeon (AVX-512): static 0.9966 / 21.7 dB, dynamic 0.9999 / 38.8 dB
+    # measured on a Xeon (AVX-512 VNNI): static 0.9970 / 22.2 dB, dynamic 0.9999 / 34.6 dB.
+    # Floors: static int8 rounds every activation (LayerNorm / GELU / softmax outputs
+    # included) to one calibrated per-tensor scale, 22 dB on this seeded model; 15 dB keeps
+    # 7 dB (a 2.2x larger noise amplitude) for other kernels. The int8 files use 7-bit
+    # weights: AVX2-only CPUs compute the same integers (docs/benchmarks.md, int8 on every CPU).
+    # Dynamic int8 quantizes only the Linear inputs, per batch: 25 dB keeps ~10 dB.
     assert cosine > (0.98 if mode == "static" else 0.995)
-    assert _snr_db(reference, output) > (14 if mode == "static" else 25)
+    assert _snr_db(reference, output) > (15 if mode == "static" else 25)
