@@ -430,9 +430,7 @@ def prune_channels(
         ignored = [m for m in ignored if m not in qkvs]
         default = ratio if config.mode == "layer" else 0.0
         graph = graph or build_graph(model, inputs)
-        plan = tie_fused_attention(
-            model, graph, ignored, fused, ratios, default, fused_ratio, ROOTS
-        )
+        plan = tie_fused_attention(graph, ignored, fused, ratios, default, fused_ratio, ROOTS)
         ratios.update(plan.ratios)
         head_plan = plan.head_ratios
     before = _widths(model)

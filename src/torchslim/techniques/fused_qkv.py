@@ -59,12 +59,10 @@ class FusedPlan:
     Attributes:
         ratios: Torch-Pruning ``pruning_ratio_dict`` entries (embedding writers, qkv layers).
         head_ratios: ``head_pruning_ratio_dict`` entries (qkv layers, whole-head mode).
-        kept: embedding width kept, per embedding group (its first writer's name).
     """
 
     ratios: dict[nn.Module, float] = field(default_factory=dict)
     head_ratios: dict[nn.Module, float] = field(default_factory=dict)
-    kept: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _exact(kept: int, width: int) -> float:
@@ -74,7 +72,6 @@ def _exact(kept: int, width: int) -> float:
 
 
 def tie_fused_attention(
-    model: nn.Module,
     graph: Any,
     ignored: list[nn.Module],
     fused: list[tuple[str, nn.Module]],
@@ -86,7 +83,7 @@ def tie_fused_attention(
     """Ratios that cut each embedding width consistently with the fused attention reading it.
 
     Args:
-        model: the model being pruned (its ``graph``: Torch-Pruning's dependency graph).
+        graph: Torch-Pruning's dependency graph of the model being pruned.
         ignored: layers whose outputs stay (the scope's complement).
         fused: :func:`fused_attention`'s list.
         ratios: the ratios chosen so far (per layer; the embedding group's is looked up).
@@ -98,7 +95,6 @@ def tie_fused_attention(
     by_qkv = {module.qkv: module for _, module in fused}
     for qkv in by_qkv:  # left whole unless an embedding group below says otherwise
         plan.ratios[qkv] = 0.0
-    names = {module: name for name, module in model.named_modules()}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(roots)):
         readers = [
             by_qkv[dep.target.module]
@@ -126,7 +122,6 @@ def tie_fused_attention(
             kept = min(width, max(multiple, nearest))
         for writer in writers:
             plan.ratios[writer] = _exact(kept, width)
-        plan.kept[names.get(writers[0], "?") if writers else "?"] = (width, kept)
         for reader in readers:
             heads = reader.num_heads
             head_dim = reader.qkv.out_features // (3 * heads)
