@@ -6,10 +6,15 @@ Copy this file and replace ``FashionNet`` and ``load_data`` with yours. Then:
     torchslim optimize examples/fashion_task.py:task --max-drop 1 --objective latency \
         --runtime onnxruntime --out out/fashion
 
+The answer reloads from its file and this architecture (README, "Your own task"):
+
+    model = torchslim.load("out/optimize/best.safetensors", model=FashionNet)
+
 The data are the four IDX files of Debian's ``dataset-fashion-mnist`` package
-(``/usr/share/datasets/fashion-mnist``; ``--data-dir DIR`` for another folder), read with
-``torchslim.data.load_idx``. Nothing is downloaded. For a quick try, the environment
-variables ``FASHION_LIMIT`` (samples per split) and ``FASHION_EPOCHS`` shrink the run.
+(``/usr/share/datasets/fashion-mnist``; ``--data-dir DIR`` or the environment variable
+``FASHION_DATA`` for another folder), read with ``torchslim.data.load_idx``. Nothing is
+downloaded. For a quick try, the environment variables ``FASHION_LIMIT`` (samples per
+split) and ``FASHION_EPOCHS`` shrink the run.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def _pair(folder: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_data(data_dir: str | None = None, limit: int | None = None):
     """Train / val / test TensorDatasets; val = the last 5,000 training images (1/12 of them)."""
-    folder = Path(data_dir or DATA_DIR)
+    folder = Path(data_dir or os.environ.get("FASHION_DATA") or DATA_DIR)
     x, y = _pair(folder, "train")
     x_test, y_test = _pair(folder, "t10k")
     cut = len(y) - len(y) // 12

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import torchslim as ts
 from torchslim.cli import main
 from torchslim.data import load_mnist1d
-from torchslim.pipeline import run_recipe
+from torchslim.pipeline import apply_recipe, run_recipe
 from torchslim.recipe import Recipe
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
@@ -57,7 +58,14 @@ def test_example_recipe_runs(path, tiny_task, tmp_path):
     assert [h["step"] for h in candidate.history] == [c.name for c in recipe.steps]
     assert candidate.footprint.artifact_bytes > 0
     assert Path(candidate.footprint.artifact).stat().st_size == candidate.footprint.artifact_bytes
-    assert 0.0 <= candidate.footprint.metric <= 1.0
+    # the file reloads (from its built-in architecture, or the task's original for files
+    # that name none) and scores exactly what was reported
+    path = candidate.footprint.artifact
+    assert path.endswith(".safetensors")
+    named = "arch" in ts.checkpoint.read_spec(path)
+    reloaded = ts.load(path) if named else ts.load(path, model=tiny_task.build_model)
+    assert tiny_task.evaluate(reloaded) == pytest.approx(candidate.footprint.metric, abs=1e-6)
+    assert ts.count_parameters(reloaded) == candidate.footprint.params
     if recipe.export is not None:
         assert candidate.footprint.artifact.endswith(".safetensors")
     if candidate.footprint.simulated:  # quantized: the deployed ORT artifact is measured too
@@ -95,3 +103,67 @@ def test_compress_rejects_a_bad_recipe_before_running(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{recipe}:3: step 1 (magnitude_pruning) field 'sparsity'" in err
     assert not (tmp_path / "o").exists()
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _readme_fashion_commands() -> tuple[list[str], str]:
+    """The README's optimize command for examples/fashion_task.py and the Python after it."""
+    import re
+    import shlex
+
+    text = README.read_text()
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("torchslim optimize examples/fashion_task.py:task")
+    )
+    after = text[text.index(line) :]
+    code = re.search(r"```python\n(.*?)```", after, re.S)
+    assert code is not None, "no Python block after the fashion optimize command"
+    return shlex.split(line)[1:], code.group(1)
+
+
+def test_readme_fashion_optimize_then_load_and_run(tmp_path, monkeypatch, capsys):
+    """The README's `torchslim optimize examples/fashion_task.py:task ...` line (on 60 tiny
+    images, 1 epoch, 2 trials) then its Python block, run as written from a folder holding
+    `examples/`: the loaded model's test accuracy is the one results.json reports for the
+    best candidate, and its outputs are those of the best recipe re-run on the baseline."""
+    import os
+
+    from test_fashion import write_fashion
+
+    args, code = _readme_fashion_commands()
+    assert args[:2] == ["optimize", "examples/fashion_task.py:task"]
+    assert "ts.load(" in code and "model=fashion_task.FashionNet" in code
+    write_fashion(tmp_path / "fashion", n_train=120, n_test=40)
+    os.symlink(README.parent / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FASHION_DATA", str(tmp_path / "fashion"))
+    monkeypatch.setenv("FASHION_LIMIT", "60")
+    monkeypatch.setenv("FASHION_EPOCHS", "1")
+    monkeypatch.syspath_prepend(str(tmp_path))  # (the block adds "examples" itself)
+    tiny = ["--trials", "2", "--sensitivity-epochs", "0", "--recovery-epochs", "0"]
+    tiny += ["--range", "channel_pruning=0.5"]
+    assert main([*args, *tiny]) == 0
+    results = json.loads((tmp_path / "out/optimize/results.json").read_text())
+    best = next(c for c in results["candidates"] if c["name"] == results["best"])
+    assert Path(best["artifact"]).resolve() == (tmp_path / "out/optimize/best.safetensors")
+    assert best["params"] < results["baseline"]["params"]  # channels really cut
+    capsys.readouterr()
+    monkeypatch.delitem(__import__("sys").modules, "fashion_task", raising=False)
+    namespace = {"__name__": "__readme__"}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our README's code
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert abs(float(printed[-1]) - best["metric"]) <= 1e-6
+    assert printed[0].startswith("tensor([")  # the 8 predicted classes
+    # (random images score chance, so the metric alone proves little): the loaded model is
+    # the best recipe applied to the cached baseline the optimizer compressed, output for output
+    model, task = namespace["model"], namespace["task"]
+    assert ts.count_parameters(model) == best["params"]
+    recipe = Recipe.from_dict(best["recipe"])
+    expected = apply_recipe(recipe, task, task.baseline(progress=False)).model
+    inputs = task.inputs(16)
+    with torch.no_grad():
+        assert torch.equal(model(inputs), expected.eval()(inputs))

@@ -16,6 +16,7 @@ import torchslim as ts
 from torchslim.cli import main
 from torchslim.pipeline import artifact_io
 from torchslim.techniques import CONFIGS, apply
+from torchslim.techniques.base import Scope
 
 MODEL_SOURCE = '''
 import torch
@@ -363,3 +364,174 @@ def test_multihead_attention_heads_reload(tmp_path: Path) -> None:
     reloaded = ts.load(path, model=Encoder())
     inputs = task.inputs(4)
     assert torch.equal(_outputs(reloaded, inputs), _outputs(pruned, inputs))
+
+
+def test_gated_skip_reloads(user, tmp_path: Path) -> None:
+    """A residual block wrapped by gated_skip: the gate and its branches are recorded, so
+    ts.load rebuilds the gated model from the original and computes the same outputs, with
+    the same per-sample choice of branch."""
+    from torchslim.techniques.dynamic import GatedBranches
+
+    _, namespace, task = user
+    config = CONFIGS["gated_skip"](scope=Scope(include=("features.4",)), epochs=0)
+    gated = apply(namespace["make_model"](), config, task)
+    inputs = task.inputs(16)
+    with torch.no_grad():  # a gate that skips the block for half the samples
+        gate = gated.features[4].gate
+        gate.weight.copy_(
+            torch.randn(gate.weight.shape, generator=torch.Generator().manual_seed(1))
+        )
+        gate.bias.zero_()
+        scores = gated.features[4].gate_logits(gated.features[:4](inputs))
+        gate.bias[1] = (scores[:, 0] - scores[:, 1]).median() + 1e-4
+    path = tmp_path / "gated.safetensors"
+    ts.measure(gated, task, artifact=path, latency=False)
+    spec = ts.checkpoint.read_spec(path)
+    assert spec["gated"] == {
+        "features.4": {"channels": 16, "branches": ["original", {"type": "Identity"}]}
+    }
+    reloaded = ts.load(path, model=namespace["make_model"]())
+    block = reloaded.features[4]
+    assert isinstance(block, GatedBranches) and block.branch_counts == [0, 0]
+    assert torch.equal(_outputs(reloaded, inputs), _outputs(gated, inputs))
+    assert block.branch_counts == [8, 8]  # the gate's choices, sample by sample
+    # the original branch keeps the Residual block's weights under its own names
+    assert torch.equal(block.branches[0].conv1.weight, gated.features[4].branches[0].conv1.weight)
+
+
+class TwoInputNet(nn.Module):
+    """A user model with two inputs: an image branch and a metadata branch, fused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.meta = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.fuse = nn.Linear(16, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([self.image(image), self.meta(meta)], 1)
+        return self.head(torch.relu(self.fuse(both)))
+
+
+class _TwoInputs(torch.utils.data.Dataset):
+    """Batches of ((image, meta), label) or {"image", "meta", "labels"}."""
+
+    def __init__(self, kind: str, samples: int = 24) -> None:
+        generator = torch.Generator().manual_seed(3)
+        self.kind = kind
+        self.images = torch.randn(samples, 1, 8, 8, generator=generator)
+        self.meta = torch.randn(samples, 4, generator=generator)
+        self.labels = torch.randint(0, 3, (samples,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        if self.kind == "dict":
+            return {"image": self.images[i], "meta": self.meta[i], "labels": self.labels[i]}
+        return (self.images[i], self.meta[i]), self.labels[i]
+
+
+def _two_input_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoInputNet().eval()
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict"])
+def test_model_with_several_inputs_prunes_and_reloads(tmp_path: Path, kind: str) -> None:
+    """forward(image, meta) fed positionally (tuple batches) or by keyword (dict batches)."""
+    from torchslim.task import call_model
+
+    data = _TwoInputs(kind)
+    task = ts.Task(name=f"two-{kind}", model=_two_input_net, train=data, val=data, test=data)
+    inputs = task.inputs(8)
+    assert isinstance(inputs, dict if kind == "dict" else list)
+    model = task.build_model()
+    pruned = apply(model, CONFIGS["channel_pruning"](ratio=0.5), task)
+    # both branches and the fusion halve (the head is the classifier): by hand, conv 1->4
+    # (4*9 + 4), meta 4->4 (16 + 4), fuse 8->6 (48 + 6), head 6->3 (18 + 3)
+    assert (pruned.image[0].out_channels, pruned.meta[0].out_features) == (4, 4)
+    assert (pruned.fuse.in_features, pruned.fuse.out_features) == (8, 6)
+    assert ts.count_parameters(model) == 80 + 40 + 204 + 39 == 363
+    assert ts.count_parameters(pruned) == 40 + 20 + 54 + 21 == 135
+    assert ts.count_macs(pruned, task.inputs(1)).macs == 4 * 9 * 64 + 16 + 48 + 18
+    path = tmp_path / "pruned.safetensors"
+    footprint = ts.measure(pruned, task, artifact=path, latency=False)
+    reloaded = ts.load(path, model=TwoInputNet())
+    with torch.no_grad():
+        assert torch.equal(call_model(reloaded, inputs), call_model(pruned.eval(), inputs))
+    assert task.evaluate(reloaded) == pytest.approx(footprint.metric, abs=1e-12)
+
+
+def test_several_inputs_in_a_tensor_dataset_is_a_clear_error() -> None:
+    """A TensorDataset(images, meta, labels) gives the model its first tensor only."""
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(8, 1, 8, 8, generator=generator),
+        torch.randn(8, 4, generator=generator),
+        torch.randint(0, 3, (8,), generator=generator),
+    )
+    task = ts.Task(
+        name="flat", model=_two_input_net, test=data, train_config=ts.TrainConfig(epochs=0)
+    )
+    with pytest.raises(ts.ShapeError) as info:
+        apply(task.build_model(), CONFIGS["channel_pruning"](ratio=0.5), task)
+    assert str(info.value) == (
+        "channel pruning cannot call the model on the task's example inputs "
+        "(TwoInputNet.forward() missing 1 required positional argument: 'meta'); a model "
+        "with several inputs needs batches ((input1, input2, ...), target) or dicts of "
+        "keyword arguments (a TensorDataset gives only its first tensor)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("gated", "message"),
+    [
+        ({"b": []}, "has 'gated.b' = list, expected an object"),
+        ({"b": {"channels": 4}}, "'gated.b' without exactly 'channels' and 'branches'"),
+        ({"b": {"channels": 0, "branches": []}}, "'gated.b.channels' = 0, expected > 0"),
+        ({"b": {"channels": 4, "branches": ["original"]}}, "without 2+ branches, one 'original'"),
+        ({"b": {"channels": 4, "branches": [{}, {}]}}, "without 2+ branches, one 'original'"),
+        (
+            {"b": {"channels": 4, "branches": ["original", 3]}},
+            "'gated.b.branches.1' = int, expected an object",
+        ),
+        ({"b": {"channels": 10**12, "branches": ["original", {"type": "Identity"}]}}, "more than"),
+    ],
+)
+def test_hostile_gated_records_are_one_line_errors(gated, message) -> None:
+    from torchslim.spec import CHECKPOINT_FORMAT, validate_spec
+
+    spec = {"format": CHECKPOINT_FORMAT, "gated": gated}
+    with pytest.raises(ts.CheckpointError) as info:
+        validate_spec(spec, "checkpoint f.safetensors", 10_000)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    good = {"b": {"channels": 4, "branches": ["original", {"type": "Identity"}]}}
+    assert validate_spec({"format": CHECKPOINT_FORMAT, "gated": good}, "f", 10_000)["gated"]
+
+
+def test_records_rebuilding_every_layer_still_refuse_another_original(tmp_path: Path) -> None:
+    """A 50 % pruned ViT replica records every layer and tensor it changed, so a wider ViT
+    would otherwise load it silently (with its own softmax temperature): the file keeps the
+    original's shapes of what its records replace, and the first one that differs is named."""
+    from test_patterns import ViTReplica, _random_bn
+
+    original = _random_bn(ViTReplica())
+    data = TensorDataset(torch.randn(8, 3, 16, 16), torch.arange(8) % 10)
+    task = ts.Task(name="vit", model=original, test=data, train_config=ts.TrainConfig(epochs=0))
+    pruned = apply(original, CONFIGS["channel_pruning"](ratio=0.5), task)
+    path = tmp_path / "vit.safetensors"
+    ts.measure(pruned, task, artifact=path, latency=False)
+    shapes = ts.checkpoint.read_spec(path)["original_shapes"]
+    assert shapes["cls_token"] == [1, 1, 32] and shapes["blocks.0.attn.qkv.weight"] == [96, 32]
+    with pytest.raises(ts.CheckpointError) as info:
+        ts.load(path, model=ViTReplica(dim=48))
+    assert str(info.value) == (
+        f"checkpoint {path} was compressed from another architecture: cls_token has shape "
+        "(1, 1, 32) in the original it records but (1, 1, 48) in the model given; pass the "
+        "model it was compressed from"
+    )
+    assert torch.equal(ts.load(path, model=ViTReplica)(data.tensors[0]), pruned(data.tensors[0]))

@@ -11,7 +11,11 @@ architecture or the user's own ``nn.Module`` / factory), so no class is ever pic
 * ``resized``: parameters / buffers of other modules whose shape changed (a class token,
   a position embedding, a layer scale cut with the embedding width): ``{tensor: shape}``;
 * ``attributes``: ``num_heads`` / ``head_dim`` of fused-qkv attention after pruning;
-* ``early_exit``: the exit points, threshold and exit heads of an early-exit model.
+* ``early_exit``: the exit points, threshold and exit heads of an early-exit model;
+* ``original_shapes``: the original's shapes of every tensor the records above replace, so
+  that loading into another architecture is refused, naming the first such tensor;
+* ``gated``: blocks a gate may skip (``gated_skip``): ``{block: {"channels", "branches"}}``,
+  each branch ``"original"`` (the block itself) or a module description (``Identity``).
 
 :func:`load` (``torchslim.load``) applies them to a copy of the original, first on the meta
 device (no memory) to compare with the file's tensor shapes, then loads the weights.
@@ -38,7 +42,15 @@ if TYPE_CHECKING:
 ATTRIBUTES = ("num_heads", "head_dim")
 """Integer attributes recorded when they change (fused-qkv attention after pruning)."""
 
-RECORD_KEYS = ("structure", "factorized", "resized", "attributes", "early_exit")
+RECORD_KEYS = (
+    "structure",
+    "factorized",
+    "resized",
+    "attributes",
+    "early_exit",
+    "gated",
+    "original_shapes",
+)
 """Spec keys that describe how a compressed model differs from its original."""
 
 Original = nn.Module | Callable[[], nn.Module]
@@ -62,6 +74,50 @@ def _named(model: nn.Module, reference: nn.Module) -> list[tuple[str, nn.Module]
             if base is not None:
                 named.append((".".join([base, *parts[3:]]), module))
     return named
+
+
+def _gated(
+    named: list[tuple[str, nn.Module]], reference: dict[str, nn.Module]
+) -> tuple[list[tuple[str, nn.Module]], dict[str, Any]]:
+    """Gated blocks' records, and ``named`` with each gated block's original branch renamed
+    to the block's own name (its gate and other branches left out: they are recorded)."""
+    from torchslim.techniques.dynamic import GatedBranches
+
+    gated: dict[str, Any] = {}
+    kept: dict[str, str] = {}  # "block.branches.k" -> "block"
+    for name, module in named:
+        if not isinstance(module, GatedBranches):
+            continue
+        other = reference.get(name)
+        kind = type(other).__qualname__ if other is not None else None  # (a class re-imported
+        original = next(  # from the same task file is another object of the same name)
+            (i for i, b in enumerate(module.branches) if type(b).__qualname__ == kind), None
+        )
+        if original is None:
+            raise CheckpointError(
+                f"gated block {name} holds no branch of the original's type; save it with the "
+                "model it was gated from"
+            )
+        branches = [
+            "original" if i == original else describe_module(branch)
+            for i, branch in enumerate(module.branches)
+        ]
+        if any(branch is None for branch in branches):
+            raise CheckpointError(f"gated block {name} holds a branch with no description")
+        gated[name] = {"channels": int(module.gate.in_features), "branches": branches}
+        kept[f"{name}.branches.{original}" if name else f"branches.{original}"] = name
+    if not gated:
+        return named, {}
+    renamed = []
+    for name, module in named:
+        block = next((b for b in gated if name == b or name.startswith(f"{b}.")), None)
+        if block is None:
+            renamed.append((name, module))
+            continue
+        prefix = next((k for k in kept if name == k or name.startswith(f"{k}.")), None)
+        if prefix is not None:  # inside the original branch: the original's own names
+            renamed.append((kept[prefix] + name[len(prefix) :], module))
+    return renamed, gated
 
 
 def _segment_names(reference: nn.Module, exits: list[str]) -> dict[tuple[int, int], str]:
@@ -95,7 +151,7 @@ def structure_record(model: nn.Module, reference: nn.Module | None) -> dict[str,
     from torchslim.techniques.lowrank import Factorized
 
     reference_modules = dict(reference.named_modules())
-    named = _named(model, reference)
+    named, gated = _gated(_named(model, reference), reference_modules)
     structure: dict[str, Any] = {}
     factorized: dict[str, Any] = {}
     resized: dict[str, list[int]] = {}
@@ -135,9 +191,18 @@ def structure_record(model: nn.Module, reference: nn.Module | None) -> dict[str,
         ("factorized", factorized),
         ("resized", resized),
         ("attributes", attributes),
+        ("gated", gated),
     ):
         if value:
             record[key] = value
+    replaced = [*structure, *factorized]
+    if replaced or resized:
+        reference_state = reference.state_dict()
+        record["original_shapes"] = {
+            key: list(tensor.shape)
+            for key, tensor in reference_state.items()
+            if key in resized or any(key.startswith(f"{name}.") for name in replaced)
+        }
     if isinstance(model, EarlyExitModel):
         heads = [
             [describe_module(layer) for layer in head.children()] for head in model.heads.children()
@@ -251,8 +316,27 @@ def _apply_record(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
                     "load it with the architecture it was saved from"
                 )
             setattr(owner, key, int(value))
+    if spec.get("gated"):
+        model = _gate(model, spec["gated"])
     if spec.get("early_exit"):
         model = _early_exit(model, spec["early_exit"])
+    return model
+
+
+def _gate(model: nn.Module, entries: dict[str, Any]) -> nn.Module:
+    """Wrap each recorded block in a gate with its recorded branches."""
+    from torchslim.techniques.dynamic import GatedBranches
+
+    for name, entry in entries.items():
+        block = _submodule(model, name, "gates")
+        branches = [
+            block if branch == "original" else build_module(branch) for branch in entry["branches"]
+        ]
+        gated = GatedBranches(branches, int(entry["channels"]))
+        if not name:
+            return gated
+        parent_name, _, child = name.rpartition(".")
+        setattr(_submodule(model, parent_name, "gates"), child, gated)
     return model
 
 
@@ -351,7 +435,9 @@ def load(path: str | os.PathLike[str], model: Original | None = None) -> nn.Modu
             )
         model = _arch_builder(path, spec["arch"])
     _check_on_meta(path, model, spec)
-    compressed = apply_record(_instantiate(model), spec, f"checkpoint {path}")
+    original = _instantiate(model)
+    _check_original(path, original, spec.get("original_shapes") or {})
+    compressed = apply_record(original, spec, f"checkpoint {path}")
     try:
         return load_into(path, compressed).eval()
     except CheckpointError as exc:
@@ -411,6 +497,20 @@ def _check_on_meta(path: Path, original: Original, spec: dict[str, Any]) -> None
         check_shapes(state, shapes, f"checkpoint {path}")
     except CheckpointError as exc:
         raise CheckpointError(_with_student_hint(str(exc))) from exc
+
+
+def _check_original(path: Path, original: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """The tensors the records replace must have, in the model given, the shapes they had in
+    the model the file was compressed from (else every layer the records rebuild would
+    load, and the model given would silently stand for another architecture)."""
+    for key, tensor in original.state_dict().items():  # in the model's order
+        shape = shapes.get(key)
+        if shape is not None and tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(
+                f"checkpoint {path} was compressed from another architecture: {key} has shape "
+                f"{tuple(shape)} in the original it records but {tuple(tensor.shape)} in the "
+                "model given; pass the model it was compressed from"
+            )
 
 
 class _Shape:

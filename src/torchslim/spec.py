@@ -61,6 +61,8 @@ CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
     "resized": (dict,),
     "attributes": (dict,),
     "early_exit": (dict,),
+    "gated": (dict,),
+    "original_shapes": (dict,),
 }
 """Keys of a ``torchslim.checkpoint/1`` spec and their JSON types."""
 
@@ -393,15 +395,32 @@ def _validate(
 
 
 def _validate_record(spec: dict[str, Any], where: str, max_int: int) -> None:
-    """``resized`` / ``attributes`` / ``early_exit`` (see torchslim.reload)."""
-    for name, shape in spec.get("resized", {}).items():
-        _expect(shape, (list,), f"resized.{name}", where)
-        if len(shape) > 8:
-            raise _fail(where, f"has 'resized.{name}' with {len(shape)} dimensions")
-        for size in shape:
-            if _expect(size, (int,), f"resized.{name}", where) < 0:
-                raise _fail(where, f"has 'resized.{name}' = {shape} with a negative size")
-    _walk(spec.get("resized", {}), "resized", where, max_int)
+    """``resized`` / ``attributes`` / ``early_exit`` / ``gated`` (see torchslim.reload)."""
+    for name, entry in spec.get("gated", {}).items():
+        _expect(entry, (dict,), f"gated.{name}", where)
+        if set(entry) != {"channels", "branches"}:
+            raise _fail(where, f"has 'gated.{name}' without exactly 'channels' and 'branches'")
+        if _expect(entry["channels"], (int,), f"gated.{name}.channels", where) <= 0:
+            raise _fail(where, f"has 'gated.{name}.channels' = {entry['channels']}, expected > 0")
+        branches = _expect(entry["branches"], (list,), f"gated.{name}.branches", where)
+        if len(branches) < 2 or branches.count("original") != 1:
+            raise _fail(where, f"has 'gated.{name}.branches' without 2+ branches, one 'original'")
+        _described_modules(
+            {str(i): b for i, b in enumerate(branches) if b != "original"},
+            f"gated.{name}.branches",
+            where,
+        )
+    _walk(spec.get("gated", {}), "gated", where, max_int)
+    for key in ("resized", "original_shapes"):
+        for name, shape in spec.get(key, {}).items():
+            _expect(shape, (list,), f"{key}.{name}", where)
+            if len(shape) > 8:
+                raise _fail(where, f"has '{key}.{name}' with {len(shape)} dimensions")
+            for size in shape:
+                if _expect(size, (int,), f"{key}.{name}", where) < 0:
+                    raise _fail(where, f"has '{key}.{name}' = {shape} with a negative size")
+        if key == "resized":  # (original shapes allocate nothing: only compared)
+            _walk(spec.get(key, {}), key, where, max_int)
     for name, values in spec.get("attributes", {}).items():
         _expect(values, (dict,), f"attributes.{name}", where)
         for key, value in values.items():

@@ -21,13 +21,21 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.errors import ConfigError, ShapeError, UnsupportedError
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
     TechniqueConfig,
     register_config,
     register_handler,
+)
+from torchslim.techniques.fused_qkv import (
+    cuts_outputs,
+    fused_attention,
+    fused_error,
+    is_qkv_group,
+    tie_fused_attention,
+    update_fused_attention,
 )
 from torchslim.techniques.heads import HeadPrunedAttention, prune_heads, supports_head_pruning
 from torchslim.techniques.pruning import check_fraction, check_overrides, override_for
@@ -147,6 +155,13 @@ def final_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
     try:
         with eval_mode(model), torch.no_grad():
             call_model(model, inputs)
+    except TypeError as exc:  # e.g. forward(image, meta) given one tensor
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShapeError(
+            f"channel pruning cannot call the model on the task's example inputs ({first}); "
+            "a model with several inputs needs batches ((input1, input2, ...), target) or "
+            "dicts of keyword arguments (a TensorDataset gives only its first tensor)"
+        ) from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -185,7 +200,7 @@ class PerMacImportance(tp.importance.Importance):
             module = dep.target.module
             if not isinstance(module, ROOTS):
                 continue
-            out = _cuts_outputs(dep)
+            out = cuts_outputs(dep)
             if isinstance(module, nn.Linear):
                 width = module.out_features if out else module.in_features
             else:
@@ -217,7 +232,10 @@ def ranked_ratios(
     graph = build_graph(model, inputs)
     score = PerMacImportance(importance, model, inputs) if per_mac else importance
     roots, scores = [], []
+    qkvs = {module.qkv for _, module in fused_attention(model)}  # they follow the embedding
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(ROOTS)):
+        if is_qkv_group(group, qkvs):
+            continue
         values = score(group)
         if values is not None and len(values) > 1:
             roots.append(group[0].dep.target.module)
@@ -305,6 +323,7 @@ def coupled_groups(
     """Every coupled group rooted at a Conv/Linear layer, with members and prunability."""
     names = {module: name for name, module in model.named_modules()}
     fixed = head_projections(model)
+    qkvs = {module.qkv for _, module in fused_attention(model)}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(ROOTS)):
         root = group[0].dep.target.module
         members = []
@@ -321,72 +340,13 @@ def coupled_groups(
             )
         if info.channels <= 1:
             info.prunable, info.reason = False, "a single channel cannot be pruned"
-        if any(dep.target.module in fixed and _cuts_outputs(dep) for dep, _ in group):
+        if any(dep.target.module in fixed and cuts_outputs(dep) for dep, _ in group):
             info.prunable = False
             info.reason = "heads x head_dim of a head-pruned attention (prune heads: head_ratio)"
+        if is_qkv_group(group, qkvs):
+            info.prunable = False
+            info.reason = "q/k/v of a fused-qkv attention: follows the embedding width"
         yield info
-
-
-def _cuts_outputs(dep: Any) -> bool:
-    return getattr(dep.handler, "__name__", "") == "prune_out_channels"
-
-
-def fused_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Attention modules that split one fused ``qkv`` Linear into ``num_heads`` heads in their
-    forward (timm's and most ViTs' ``Attention``): the qkv rows are pruned head by head and
-    the module's ``num_heads`` / ``head_dim`` attributes follow."""
-    found = []
-    for name, module in model.named_modules():
-        qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
-        if (
-            isinstance(qkv, nn.Linear)
-            and isinstance(heads, int)
-            and not isinstance(heads, bool)
-            and heads > 0
-            and qkv.out_features % (3 * heads) == 0
-        ):
-            found.append((name, module))
-    return found
-
-
-def _update_fused_attention(fused: list[tuple[str, nn.Module]], pruner: Any) -> list[dict]:
-    """Set ``num_heads`` / ``head_dim`` of fused-qkv attention after pruning; their table."""
-    table = []
-    for name, module in fused:
-        heads = int(pruner.num_heads.get(module.qkv, module.num_heads))
-        head_dim = module.qkv.out_features // (3 * heads)
-        table.append(
-            {
-                "layer": name,
-                "heads_before": module.num_heads,
-                "heads_after": heads,
-                "head_dim_after": head_dim,
-            }
-        )
-        module.num_heads = heads
-        if isinstance(getattr(module, "head_dim", None), int):
-            module.head_dim = head_dim
-    return table
-
-
-def _fused_error(fused: list[tuple[str, nn.Module]], mode: str) -> str | None:
-    """Why a fused-qkv attention broke: its q/k/v width no longer equals the embedding width
-    that a ``reshape(B, N, C)`` in its forward expects (None when every one still does)."""
-    for name, module in fused:
-        inner, embed = module.qkv.out_features // 3, module.qkv.in_features
-        if inner != embed:
-            fix = (
-                "use mode='layer' (one ratio for the width and the heads)"
-                if mode != "layer"
-                else "give head_ratio the width's ratio (or 0, which narrows each head instead)"
-            )
-            return (
-                f"channel pruning left attention {name} with {module.num_heads} heads x "
-                f"{inner // module.num_heads} = {inner} q/k/v channels for a {embed}-wide "
-                f"embedding, which its forward cannot reshape; {fix}, or keep both widths: "
-                f"exclude {name}.qkv and the layers writing the embedding with scope="
-            )
-    return None
 
 
 def head_projections(model: nn.Module) -> set[nn.Module]:
@@ -418,9 +378,12 @@ def prune_channels(
     config.scope.check_known(model)
     fixed = head_projections(model)  # head widths change only by removing whole heads
     chosen = [(n, m) for n, m in config.scope.select(model, ROOTS) if m not in fixed]
-    if config.keep_classifier:
-        last = final_layers(model, inputs)
-        chosen = [(n, m) for n, m in chosen if m not in last]
+    last = final_layers(model, inputs) if config.keep_classifier else []
+    chosen = [(n, m) for n, m in chosen if m not in last]
+    graph: tp.DependencyGraph | None = None
+    if config.layer_ratios and any(override_for(n, m, config.layer_ratios) for n, m in chosen):
+        graph = build_graph(model, inputs)
+        chosen = _whole_groups(model, graph, chosen, config, {*fixed, *last})
     scale = ratio / config.ratio if config.ratio else 1.0  # schedules prune in steps
     attention, head_ratios = [], {}
     for name, module in config.scope.select(model, ATTENTION):
@@ -464,6 +427,15 @@ def prune_channels(
         _accumulate_gradients(model, context.task, config.batches)
     fused = fused_attention(model)
     fused_ratio = config.head_ratio * scale
+    head_plan: dict[nn.Module, float] = {}
+    if fused:  # q/k/v widths follow the embedding width (fused_qkv.py), whatever the scope
+        qkvs = {module.qkv for _, module in fused}
+        ignored = [m for m in ignored if m not in qkvs]
+        default = ratio if config.mode == "layer" else 0.0
+        graph = graph or build_graph(model, inputs)
+        plan = tie_fused_attention(graph, ignored, fused, ratios, default, fused_ratio, ROOTS)
+        ratios.update(plan.ratios)
+        head_plan = plan.head_ratios
     before = _widths(model)
     try:
         with warnings.catch_warnings():
@@ -480,9 +452,10 @@ def prune_channels(
                 prune_num_heads=fused_ratio > 0,
                 prune_head_dims=fused_ratio == 0,
                 head_pruning_ratio=fused_ratio,
+                head_pruning_ratio_dict=head_plan or None,
             )
             pruner.step()
-            fused_table = _update_fused_attention(fused, pruner)
+            fused_table = update_fused_attention(fused, pruner)
             heads = prune_heads(model, attention, head_ratios, _head_importance(config))
     except (AssertionError, RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -495,7 +468,7 @@ def prune_channels(
     try:
         _check_runs(original, model, inputs)
     except UnsupportedError as exc:
-        reason = _fused_error(fused, config.mode)
+        reason = fused_error(fused, config.round_to)
         if reason:
             raise UnsupportedError(reason) from exc
         raise
@@ -517,6 +490,42 @@ def prune_channels(
         }
     )
     return model
+
+
+def _whole_groups(
+    model: nn.Module,
+    graph: tp.DependencyGraph,
+    chosen: list[tuple[str, nn.Module]],
+    config: ChannelPruning,
+    blocked: set[nn.Module],
+) -> list[tuple[str, nn.Module]]:
+    """``chosen`` plus every other layer writing a group that a ``layer_ratios`` entry names.
+
+    A ratio names a coupled group by one of its layers (``torchslim analyze`` and the
+    optimizer name each group by its root). Torch-Pruning leaves a group whole when any
+    layer writing it is ignored, so a scope listing only the root (the optimizer's recipes,
+    its sensitivity probes) would silently prune nothing of a residual stream; the other
+    writers join unless the scope excludes them (or they are ``blocked``).
+    """
+    allowed = Scope(exclude=config.scope.exclude, types=config.scope.types)
+    allowed_modules = {m for _, m in allowed.select(model, ROOTS)} - blocked
+    names = {module: name for name, module in model.named_modules()}
+    have = {module for _, module in chosen}
+    named = {m for n, m in chosen if override_for(n, m, config.layer_ratios) is not None}
+    extra = []
+    for group in graph.get_all_groups(root_module_types=list(ROOTS)):
+        writers = [
+            dep.target.module
+            for dep, _ in group
+            if cuts_outputs(dep) and isinstance(dep.target.module, ROOTS)
+        ]
+        if not named.intersection(writers):
+            continue
+        for writer in writers:
+            if writer not in have and writer in allowed_modules and writer in names:
+                have.add(writer)
+                extra.append((names[writer], writer))
+    return chosen + extra
 
 
 def _check_runs(original: nn.Module, pruned: nn.Module, inputs: Any) -> None:
