@@ -215,10 +215,6 @@ def test_bad_value_is_a_config_error_when_built(name):
 # Techniques whose result has no reloadable artifact yet: the test fails until one exists
 # (strict xfail), so the gap cannot close silently. Found by this contract; see the report.
 ARTIFACT_GAPS = {
-    "embedding_quant": "QuantEmbedding is not among the structure records torchslim.load rebuilds",
-    "linear_int8": "Int8Linear is not among the structure records torchslim.load rebuilds "
-    "(outside a Hugging Face encoder)",
-    "gated_skip": "GatedBranches is not among the structure records torchslim.load rebuilds",
     "torchao_int8": "the pipeline's format choice (weight_sparsity) cannot read torchao's "
     "Int8Tensor; torchao models are timed on the inductor runtime, not saved",
 }

@@ -20,6 +20,7 @@ from torch import nn
 
 from torchslim.artifacts import register_module_type
 from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.structure import register_module_type as register_structure
 from torchslim.techniques.base import (
     ApplyContext,
     TechniqueConfig,
@@ -300,4 +301,13 @@ register_knob(
         model_cost=_table_cost,
         default_for=("size/embedding",),
     )
+)
+
+
+# checkpoints of any model record the replaced layers, so torchslim.load rebuilds them
+register_structure(
+    QuantEmbedding,
+    lambda module: {k: v for k, v in module.describe().items() if k != "type"},
+    lambda args: QuantEmbedding.build(args),
+    replaces=True,
 )

@@ -35,6 +35,7 @@ from torch import nn
 from torchslim.artifacts import register_module_type
 from torchslim.batches import calibration_batches
 from torchslim.errors import ConfigError, UnsupportedError
+from torchslim.structure import register_module_type as register_structure
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -481,4 +482,13 @@ register_knob(
         exclusive="Linear layers",
         default_for=("size/embedding",),
     )
+)
+
+
+# checkpoints of any model record the replaced layers, so torchslim.load rebuilds them
+register_structure(
+    Int8Linear,
+    lambda module: {k: v for k, v in module.describe().items() if k != "type"},
+    lambda args: Int8Linear.build(args),
+    replaces=True,
 )
