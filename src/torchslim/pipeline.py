@@ -164,15 +164,17 @@ def apply_recipe(
     baseline: nn.Module,
     split: str = "test",
     after_step: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[Any, nn.Module, int], None] | None = None,
 ) -> Applied:
     """Apply each step to (a copy of) ``baseline``; record the metric on ``split`` after each.
 
     ``after_step(entry)`` sees each history entry as it is made (a search stops bad
-    trials early by raising from it).
+    trials early by raising from it); ``on_epoch(config, model, epoch)`` after each
+    training epoch of a step (see :class:`~torchslim.techniques.base.ApplyContext`).
 
     The uncompressed baseline is the teacher of distillation steps.
     """
-    context = ApplyContext(task=task, teacher=baseline)
+    context = ApplyContext(task=task, teacher=baseline, on_epoch=on_epoch)
     model = baseline
     history: list[dict[str, Any]] = []
     total = 0.0
@@ -203,6 +205,7 @@ def run_recipe(
     split: str = "test",
     after_step: Callable[[dict[str, Any]], None] | None = None,
     eager_latency: bool = True,
+    on_epoch: Callable[[Any, nn.Module, int], None] | None = None,
 ) -> RecipeRun:
     """Apply every step of ``recipe`` to the task's baseline and measure the result.
 
@@ -223,9 +226,10 @@ def run_recipe(
         after_step: called with each step's history entry (see :func:`apply_recipe`).
         eager_latency: with ``latency``, also time the in-memory model (False: only the
             deployed ONNX Runtime model is timed, e.g. when only that latency is compared).
+        on_epoch: called after each training epoch of a step (see :func:`apply_recipe`).
     """
     base = baseline if baseline is not None else task.baseline()
-    applied = apply_recipe(recipe, task, base, split, after_step)
+    applied = apply_recipe(recipe, task, base, split, after_step, on_epoch)
     model = applied.model
     label = name or recipe.name
     requested = recipe.export.format if recipe.export else None
