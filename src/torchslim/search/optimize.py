@@ -1,7 +1,9 @@
 """``optimize``: the most compressed model within an accuracy budget.
 
-Sensitivity curves on the val split -> a strategy (greedy allocation verified by
-measurement, or an Optuna study) -> the Pareto front of (objective, val metric) ->
+Options (:class:`~torchslim.search.options.OptimizeOptions`) checked -> sensitivity curves
+on the val split -> a registered strategy (:mod:`torchslim.search.strategies`: greedy
+allocation verified by measurement, an Optuna study, or a plug-in) -> the Pareto front of
+(objective, val metric) ->
 the cheapest candidate within budget on val, re-measured on the held-out test split
 and accepted only if it meets the budget there. Everything found is kept: the front,
 the best (or, when nothing meets the budget, the best found), its recipe and artifact.

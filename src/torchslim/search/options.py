@@ -2,10 +2,11 @@
 
 One frozen dataclass, validated when it is made (a one-line :class:`ConfigError` per bad
 field), so a run fails before anything trains. ``optimize(task, max_drop=1.0, **fields)``
-builds one from keyword arguments; ``optimize(task, options)`` takes one as is.
-A budget under 0.1 points warns (it is most likely a fraction). ``None`` in a training field means the compute-bounded default of
-:mod:`torchslim.search.defaults`; the values a run used are written to ``results.json``
-under ``"options"`` (:meth:`OptimizeOptions.to_dict`).
+builds one from keyword arguments; ``optimize(task, options)`` takes one as is (both warn
+once about a budget under 0.1 points, most likely a fraction). ``None`` in a training
+field means the compute-bounded default of :mod:`torchslim.search.defaults`; the values a
+run used are written to ``results.json`` under ``"options"``
+(:meth:`OptimizeOptions.to_dict`, read back by :meth:`OptimizeOptions.from_dict`).
 """
 
 from __future__ import annotations
