@@ -125,7 +125,9 @@ def refine(
     Candidates: the cheapest passing allocation with one (knob, layer) one grid step
     further, or with every layer of one knob raised to one step above that knob's least
     compressed layer (a coarse move), and every cheaper failing allocation with one
-    (knob, layer) backed off to the passing allocation's setting. The one with the most predicted cost saved per
+    (knob, layer) backed off to the passing allocation's setting (a verification stopped
+    early counts as failing when the cost model rates it cheaper). The one with the most
+    predicted cost saved per
     point of predicted extra drop is measured next; stops after ``max_rounds`` records
     (counting ``records``), at ``deadline`` or when no candidate is left.
 
@@ -167,12 +169,18 @@ def refine(
                         (knob, layer): max(base_levels[(knob, layer)], floor) for layer in layers
                     }
                     options.append({**base_levels, **raised})
-        for record in records:
-            if record.ratio < best.ratio and not evaluator.meets(record):
-                failed = levels_of(space, record.allocation)
-                for pair, level in failed.items():
-                    if level != base_levels[pair]:
-                        options.append({**failed, pair: base_levels[pair]})
+        failing = [r.allocation for r in records if r.ratio < best.ratio and not evaluator.meets(r)]
+        # stopped early: failures without a measured cost; the cost model ranks them
+        failing += [
+            stop.allocation
+            for stop in evaluator.stopped
+            if space.cost(stop.allocation, kind) < base_cost
+        ]
+        for allocation in failing:
+            failed = levels_of(space, allocation)
+            for pair, level in failed.items():
+                if level != base_levels[pair]:
+                    options.append({**failed, pair: base_levels[pair]})
         scored = []
         for levels in options:
             allocation = space.allocation(levels)
