@@ -15,7 +15,8 @@ import torchslim as ts
 from search_helpers import make_task
 from torchslim.errors import ConfigError
 from torchslim.recipe import Recipe
-from torchslim.search import build_space, optimize
+from torchslim.search import build_space
+from torchslim.search.optimize import optimize
 from torchslim.search.space import build_recipe, check_grid
 from torchslim.techniques.base import Scope, apply
 

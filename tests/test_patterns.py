@@ -701,7 +701,7 @@ def test_vit_any_per_group_allocation_is_a_valid_model():
 def test_vit_through_the_optimizer_size_objective(tmp_path):
     """optimize(objective="size") on the ViT replica: a smaller file that ts.load rebuilds
     from the original architecture, with the outputs of the recipe it reports."""
-    from torchslim.search import optimize
+    from torchslim.search.optimize import optimize
 
     task = _vit_task()
     result = optimize(

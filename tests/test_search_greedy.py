@@ -11,6 +11,7 @@ from torchslim.cli import main
 from torchslim.errors import ConfigError
 from torchslim.search import Budget, Objective, allocate, build_space
 from torchslim.search.optimize import optimize
+from torchslim.search.options import OptimizeOptions
 from torchslim.search.sensitivity import sensitivity
 from torchslim.search.space import build_recipe, check_grid
 
@@ -64,6 +65,22 @@ def test_accepted_model_meets_the_budget_on_test(tmp_path) -> None:
     epochs = task.train_config.epochs  # a tiny task: the epoch-based defaults, not capped
     wanted = f"recovery {min(20, max(1, epochs // 2))} epoch(s), sensitivity points after 1"
     assert any(n.startswith("default training:") and wanted in n for n in data["notes"])
+    # the options the run used, defaults resolved, re-make the same options
+    rounds = min(20, max(1, epochs // 2))
+    assert data["options"] == {
+        **OptimizeOptions().to_dict(),
+        "max_drop": 2.0,
+        "strategy": "optuna",  # auto with a trial count
+        "techniques": ["magnitude_pruning"],
+        "trials": 4,
+        "out": str(tmp_path),
+        "recovery_epochs": rounds,
+        "codebook_epochs": max(1, rounds // 2),
+        "sensitivity_epochs": 1,
+        "progress": False,
+        "latency": False,
+    }
+    assert OptimizeOptions.from_dict(data["options"]) == result.options
 
 
 def test_budget_nothing_meets_is_reported_and_best_found_saved(tmp_path) -> None:
@@ -227,7 +244,7 @@ def test_uniform_ladder_moves_every_knob_together_and_bisection_finds_the_last_p
 
     measured: list[int] = []
 
-    def evaluate(allocation, name):
+    def evaluate(allocation, name, monitor=None):
         rung = ladder.index(allocation)
         measured.append(rung)
         return SimpleNamespace(
@@ -238,6 +255,7 @@ def test_uniform_ladder_moves_every_knob_together_and_bisection_finds_the_last_p
         space=space,
         recipe=lambda allocation, name: SimpleNamespace(steps=[1]),
         evaluate=evaluate,
+        stop_hopeless=lambda drop, epoch, epochs: False,
         meets=lambda record: record.extra["rung"] <= 3,  # rung 3 is the last one that passes
     )
     records = uniform_search(evaluator, max_rounds=4)  # type: ignore[arg-type]

@@ -61,6 +61,7 @@ from torchslim.reload import load
 from torchslim.report import Candidate, Report
 from torchslim.search.budget import Budget
 from torchslim.search.optimize import OptimizeResult, optimize
+from torchslim.search.options import OptimizeOptions
 from torchslim.task import Task, TrainConfig, TrainResult
 from torchslim.techniques import (
     CONFIGS,
@@ -131,6 +132,7 @@ __all__ = [
     "LinearInt8",
     "MagnitudePruning",
     "NMSparsity",
+    "OptimizeOptions",
     "OptimizeResult",
     "RandomPruning",
     "Recipe",

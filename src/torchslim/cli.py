@@ -222,7 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--runtime", default="torch", help="latency runtime: torch, onnxruntime")
     optimize.add_argument("--batch", type=int, default=1, help="latency batch size (default 1)")
     optimize.add_argument(
-        "--strategy", default="auto", help="greedy, optuna or auto (optuna with --trials/--storage)"
+        "--strategy",
+        default="auto",
+        choices=_StrategyChoices(),
+        metavar="STRATEGY",
+        help="a registered strategy (greedy, optuna) or auto (optuna with --trials/--storage)",
     )
     optimize.add_argument(
         "--techniques",
@@ -535,6 +539,22 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+class _StrategyChoices:
+    """``--strategy`` choices: ``auto`` and the registered strategies, read when first
+    needed (so building the parser imports no search code)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from torchslim.search.strategies import strategy_names
+
+        return ("auto", *strategy_names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self) -> Any:
+        return iter(self._names())
+
+
 def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     """Search per-layer settings within the budget; write results.json, report.html, recipe."""
     from torchslim import tasks
@@ -542,6 +562,7 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     from torchslim.report import results_table
     from torchslim.search.budget import Budget
     from torchslim.search.optimize import optimize
+    from torchslim.search.options import OptimizeOptions
 
     ranges: dict[str, list[float]] = {}
     for item in args.range:
@@ -557,18 +578,15 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     if small_budget:  # said once, before the task loads; optimize() would repeat it
         print(f"torchslim: warning: {small_budget}", file=sys.stderr)
         warnings.filterwarnings("ignore", message=re.escape(small_budget))
-    task = tasks.get(args.task, data_dir=args.data_dir)
-    _set_device(task, args)
-    result = optimize(
-        task,
-        args.max_drop,
-        args.drop_type,
-        args.objective,
+    options = OptimizeOptions(
+        max_drop=args.max_drop,
+        drop_type=args.drop_type,
+        objective=args.objective,
         runtime=args.runtime,
         batch=args.batch,
         strategy=args.strategy,
-        techniques=techniques,
-        ranges=ranges or None,
+        techniques=tuple(techniques) if techniques is not None else None,
+        ranges={k: tuple(v) for k, v in ranges.items()} if ranges else None,
         trials=args.trials,
         time_limit=args.time_limit,
         storage=args.storage,
@@ -582,6 +600,9 @@ def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
         latency=not args.no_latency,
         heartbeat=args.heartbeat,
     )
+    task = tasks.get(args.task, data_dir=args.data_dir)
+    _set_device(task, args)
+    result = optimize(task, options)
     if result.answered_by is not None:
         console.print(
             f"{result.report.notes[-2]}; the answer (results.json, best.yaml) is written by "

@@ -118,15 +118,17 @@ def apply_recipe(
     baseline: nn.Module,
     split: str = "test",
     after_step: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[Any, nn.Module, int], None] | None = None,
 ) -> Applied:
     """Apply each step to (a copy of) ``baseline``; record the metric on ``split`` after each.
 
     ``after_step(entry)`` sees each history entry as it is made (a search stops bad
-    trials early by raising from it).
+    trials early by raising from it); ``on_epoch(config, model, epoch)`` after each
+    training epoch of a step (see :class:`~torchslim.techniques.base.ApplyContext`).
 
     The uncompressed baseline is the teacher of distillation steps.
     """
-    context = ApplyContext(task=task, teacher=baseline)
+    context = ApplyContext(task=task, teacher=baseline, on_epoch=on_epoch)
     model = baseline
     history: list[dict[str, Any]] = []
     total = 0.0
@@ -157,6 +159,7 @@ def run_recipe(
     split: str = "test",
     after_step: Callable[[dict[str, Any]], None] | None = None,
     eager_latency: bool = True,
+    on_epoch: Callable[[Any, nn.Module, int], None] | None = None,
 ) -> RecipeRun:
     """Apply every step of ``recipe`` to the task's baseline and measure the result.
 
@@ -180,6 +183,7 @@ def run_recipe(
         after_step: called with each step's history entry (see :func:`apply_recipe`).
         eager_latency: with ``latency``, also time the in-memory model (False: only the
             deployed ONNX Runtime model is timed, e.g. when only that latency is compared).
+        on_epoch: called after each training epoch of a step (see :func:`apply_recipe`).
     """
     return run_recipes(
         [recipe],
@@ -196,6 +200,7 @@ def run_recipe(
         split=split,
         after_step=after_step,
         eager_latency=eager_latency,
+        on_epoch=on_epoch,
     )[0]
 
 
@@ -218,6 +223,7 @@ def run_recipes(
     eager_latency: bool = True,
     latency_seconds: float = 1.0,
     on_apply: Callable[[Recipe], None] | None = None,
+    on_epoch: Callable[[Any, nn.Module, int], None] | None = None,
 ) -> list[RecipeRun]:
     """Several recipes against one baseline, their artifacts measured in one run.
 
@@ -228,7 +234,8 @@ def run_recipes(
     (:func:`deploy_onnx`). The other arguments are :func:`run_recipe`'s, for every recipe;
     ``names`` name the candidates (None: the recipe's name), ``latency_seconds`` is the
     timing budget per model and batch size, ``on_apply(recipe)`` is called before each
-    recipe is applied (progress messages).
+    recipe is applied (progress messages), ``on_epoch`` after each training epoch of a
+    step (see :func:`apply_recipe`).
     """
     if names is not None and len(names) != len(recipes):
         raise ConfigError("run_recipes needs one name (or None) per recipe")
@@ -238,7 +245,7 @@ def run_recipes(
     for recipe in recipes:
         if on_apply is not None:
             on_apply(recipe)
-        applied.append(apply_recipe(recipe, task, base, split, after_step))
+        applied.append(apply_recipe(recipe, task, base, split, after_step, on_epoch))
     requested = [recipe.export.format if recipe.export else None for recipe in recipes]
     ios = [
         artifact_io(item.model, task, choose_format(item.model, fmt))

@@ -300,6 +300,7 @@ class Task:
         after_step: StepHook | None = None,
         progress: bool = True,
         description: str = "train",
+        after_epoch: StepHook | None = None,
     ) -> TrainResult:
         """Train ``model`` in place with the task's loop.
 
@@ -310,6 +311,9 @@ class Task:
                 ``loss(model(inputs), target)`` (distillation uses this).
             after_step: called as ``after_step(model, global_step)`` after each optimizer
                 step (pruning uses this to keep masks enforced).
+            after_epoch: called as ``after_epoch(model, epoch)`` (1-based) after each epoch,
+                with the RNG state put back afterwards so it does not change training
+                (a search measures recovery there and stops hopeless candidates by raising).
             progress: show a progress bar with loss and validation metric.
             description: label of the progress bar.
 
@@ -332,7 +336,9 @@ class Task:
             on_device(model, device),
         ):
             torch.manual_seed(config.seed)
-            return self._fit(model, epochs, lr, objective, after_step, progress, description)
+            return self._fit(
+                model, epochs, lr, objective, after_step, progress, description, after_epoch
+            )
 
     def _fit(
         self,
@@ -343,6 +349,7 @@ class Task:
         after_step: StepHook | None,
         progress: bool,
         description: str,
+        after_epoch: StepHook | None = None,
     ) -> TrainResult:
         from torchslim.device import autocast, model_device, to_device
 
@@ -401,6 +408,10 @@ class Task:
                     bar.advance(0, metric=record[f"val_{self.metric_name}"])
                     model.train()
                 history.append(record)
+                if after_epoch is not None:
+                    with torch.random.fork_rng(devices=[]):
+                        after_epoch(model, epoch + 1)
+                    model.train()
         model.eval()
         return TrainResult(step, time.perf_counter() - start, final_loss, history)
 

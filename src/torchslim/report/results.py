@@ -149,6 +149,7 @@ class Report:
     sensitivity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     hardware: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
 
     def candidate(self, name: str) -> Candidate:
         """The candidate called ``name``."""
@@ -215,6 +216,7 @@ class Report:
             "notes": self.notes,
             "hardware": self.hardware,
             "gap_flagged": [c.name for c in self.candidates if self.gap_flagged(c)],
+            "options": self.options,
         }
 
     @classmethod
@@ -231,6 +233,7 @@ class Report:
                 sensitivity=data.get("sensitivity", {}),
                 notes=data.get("notes", []),
                 hardware=data.get("hardware"),
+                options=data.get("options"),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(

@@ -62,10 +62,15 @@ class TrainingDefaults:
     capped: bool
     verifications: int = 12
 
+    def scaled_trials(self, trials: int) -> int:
+        """A strategy's default trial count (greedy 12, Optuna 30) scaled like the
+        verifications (12 -> :attr:`verifications`)."""
+        return max(1, round(trials * self.verifications / 12))
+
     @property
     def study_trials(self) -> int:
         """Default finished trials of an Optuna study (30, scaled like the verifications)."""
-        return max(10, round(30 * self.verifications / 12))
+        return self.scaled_trials(30)
 
     def note(self) -> str:
         """One line for the report's notes."""

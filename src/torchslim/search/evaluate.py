@@ -36,13 +36,75 @@ from torchslim.search.space import (
 if TYPE_CHECKING:
     from torchslim.task import Task
 
+Monitor = Callable[[float, int, int], bool]
+"""``monitor(val_drop, epoch, epochs) -> stop``: called after a watched recovery epoch."""
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """When a candidate's recovery is hopeless, whatever the recovery step is called.
+
+    Any recipe step whose config has ``role == "recovery"`` (fine-tuning, distillation)
+    is watched: from half of its epochs on, the val drop is measured after each epoch
+    (with the RNG state put back, so watching does not change the training). The drop
+    is hopeless above ``factor`` times the allowed drop, scaled by ``epochs / epoch``:
+    4x the budget halfway, 2x after the last epoch. Later steps (quantization) only lose
+    more, so such a candidate cannot meet the budget and its training is cut short.
+    """
+
+    factor: float = 2.0
+
+    def watches(self, epoch: int, epochs: int) -> bool:
+        """Whether the drop is measured after this epoch (from half of them on)."""
+        return 2 * epoch >= epochs
+
+    def threshold(self, limit: float, epoch: int, epochs: int) -> float:
+        """The largest drop (metric units) that is not hopeless after ``epoch``."""
+        return self.factor * limit * epochs / max(epoch, 1)
+
+    def hopeless(self, drop: float, limit: float, epoch: int, epochs: int) -> bool:
+        """Whether a val drop after ``epoch`` of ``epochs`` cannot reach ``limit``."""
+        return drop > self.threshold(limit, epoch, epochs) + 1e-9
+
 
 class StopTrial(Exception):
-    """Raised from a step hook to stop a candidate that cannot meet the budget."""
+    """Raised during a candidate's recovery to stop it (it cannot meet the budget)."""
 
-    def __init__(self, message: str, drop: float) -> None:
+    def __init__(
+        self, message: str, drop: float, epoch: int = 0, epochs: int = 0, step: str = ""
+    ) -> None:
         super().__init__(message)
         self.drop = drop
+        self.epoch = epoch
+        self.epochs = epochs
+        self.step = step
+
+
+@dataclass
+class Stopped:
+    """A candidate whose recovery was stopped early.
+
+    Attributes:
+        name: the candidate's name.
+        allocation: its per-layer settings.
+        drop: its val drop when stopped (metric units).
+        epoch, epochs: the recovery epochs trained, of those the recipe asks.
+        step: the recovery step's name (``distill``, ``finetune``, ...).
+    """
+
+    name: str
+    allocation: Allocation
+    drop: float
+    epoch: int
+    epochs: int
+    step: str
+
+    def note(self) -> str:
+        """One line for the report."""
+        return (
+            f"{self.name} stopped early after recovery epoch {self.epoch} of {self.epochs} "
+            f"({self.step}): val drop {self.drop:.4f}, hopeless"
+        )
 
 
 @dataclass
@@ -146,7 +208,9 @@ class Evaluator:
         )
         self.records: dict[str, Record] = {}
         self.deployed_misses: list[str] = []  # candidates whose deployed file scored less
-        self.stopped: list[tuple[float, Allocation]] = []  # (val drop, allocation) stopped early
+        self.early_stop = EarlyStop()
+        self.stopped: list[Stopped] = []  # candidates whose recovery was stopped early
+        self._stopped: dict[Any, StopTrial] = {}
         # deployed ONNX files are kept for a latency search on ONNX Runtime, so that the
         # finalists can be timed together (see optimize.retime_finalists)
         self.keep = (
@@ -199,19 +263,57 @@ class Evaluator:
             recipe.export = Export("onnx-int8" if int8 else "onnx")
         return recipe
 
-    def evaluate(
-        self,
-        allocation: Allocation,
-        name: str,
-        after_step: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Record:
-        """Run the allocation's recipe, measure it on val (and the test metric), keep it."""
+    def evaluate(self, allocation: Allocation, name: str, monitor: Monitor | None = None) -> Record:
+        """Run the allocation's recipe, measure it on val (and the test metric), keep it.
+
+        With a ``monitor``, each watched recovery epoch (see :class:`EarlyStop`) reports
+        the val drop to it; when it answers True the candidate is stopped: it is added to
+        :attr:`stopped` and :class:`StopTrial` is raised (again for the same settings).
+        """
         key = allocation_key(allocation)
         if key in self.records:
             return self.records[key]
+        if monitor is not None and key in self._stopped:
+            raise self._stopped[key]
         recipe = self.recipe(allocation, name)
         start = time.perf_counter()
-        run = run_recipe(
+        try:
+            run = self._run(recipe, name, monitor)
+        except StopTrial as exc:
+            self._stopped[key] = exc
+            self.stopped.append(
+                Stopped(name, allocation, exc.drop, exc.epoch, exc.epochs, exc.step)
+            )
+            raise
+        return self._record(allocation, name, run, start, key)
+
+    def stop_hopeless(self, drop: float, epoch: int, epochs: int) -> bool:
+        """The default monitor: stop when :class:`EarlyStop` calls the drop hopeless."""
+        return self.early_stop.hopeless(drop, self.limit, epoch, epochs)
+
+    def _watch(self, monitor: Monitor) -> Callable[[Any, nn.Module, int], None]:
+        """The pipeline's epoch hook: reports watched recovery epochs to ``monitor``."""
+
+        def on_epoch(config: Any, model: nn.Module, epoch: int) -> None:
+            if getattr(config, "role", "") != "recovery":
+                return
+            epochs = int(getattr(config, "epochs", epoch))
+            if not self.early_stop.watches(epoch, epochs):
+                return
+            drop = self.base_val.metric - self.task.evaluate(model, "val")
+            if monitor(drop, epoch, epochs):
+                raise StopTrial(
+                    f"val drop {drop:.4f} after recovery epoch {epoch} of {epochs} ({config.name})",
+                    drop,
+                    epoch,
+                    epochs,
+                    config.name,
+                )
+
+        return on_epoch
+
+    def _run(self, recipe: Recipe, name: str, monitor: Monitor | None) -> Any:
+        return run_recipe(
             recipe,
             self.task,
             baseline=self.baseline,
@@ -219,12 +321,16 @@ class Evaluator:
             name=name,
             latency=self.objective.needs_latency,
             split="val",
-            after_step=after_step,
+            on_epoch=self._watch(monitor) if monitor is not None else None,
             out=Path(self.keep.name) / f"c{len(self.records)}" if self.keep else None,
             # an onnxruntime objective compares the deployed model's latency only
             eager_latency=self.objective.runtime != "onnxruntime",
             **self.timing(),
         )
+
+    def _record(
+        self, allocation: Allocation, name: str, run: Any, start: float, key: Any
+    ) -> Record:
         test_metric = self.task.evaluate(run.model, "test")
         if run.deployed is not None:  # the deployed file is what ships: judge by the worse
             test_metric = min(test_metric, self.task.evaluate(run.deployed, "test"))
@@ -263,15 +369,3 @@ class Evaluator:
         ):
             return False
         return drop <= self.search_limit + 1e-12
-
-    def early_stop_hook(self, factor: float = 2.0) -> Callable[[dict[str, Any]], None]:
-        """A step hook stopping a candidate whose val drop after recovery exceeds the budget
-        ``factor`` times (later quantization does not win accuracy back)."""
-
-        def hook(entry: dict[str, Any]) -> None:
-            if entry["step"] == "finetune":
-                drop = self.base_val.metric - entry["metric"]
-                if drop > factor * self.limit + 1e-9:
-                    raise StopTrial(f"val drop {drop:.4f} after recovery", drop)
-
-        return hook

@@ -15,6 +15,10 @@ one more step for one (knob, layer) on top of the cheapest passing allocation (o
 every layer of one knob), or one (knob, layer) of a cheaper failing allocation backed
 off to the passing one's setting, whichever the curves rate best (cost saved per point
 of predicted drop), verified by measurement.
+
+A verification whose recovery is hopeless (:class:`~torchslim.search.evaluate.EarlyStop`:
+from half of the recovery epochs on, a val drop above 4x the budget halfway down to 2x at
+the end) is stopped early and counts as a failure; it uses up one round like any other.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import time
 from collections.abc import Callable
 
-from torchslim.search.evaluate import Evaluator, Record
+from torchslim.search.evaluate import Evaluator, Record, StopTrial
 from torchslim.search.sensitivity import Curves, drop_curve, loss_scale
 from torchslim.search.space import Allocation, Space, allocation_key
 
@@ -85,6 +89,20 @@ def predicted_drops(
     }
 
 
+def verify(evaluator: Evaluator, allocation: Allocation, name: str) -> Record | None:
+    """Measure one allocation; None when its recovery was stopped early as hopeless."""
+    try:
+        return evaluator.evaluate(allocation, name, monitor=evaluator.stop_hopeless)
+    except StopTrial as exc:
+        log.info("greedy: %s stopped early (%s)", name, exc)
+        return None
+
+
+def rounds_used(evaluator: Evaluator, records: list[Record]) -> int:
+    """Verifications so far: the records and the ones stopped early."""
+    return len(records) + len(evaluator.stopped)
+
+
 def levels_of(space: Space, allocation: Allocation) -> Levels:
     """Grid indices of an allocation."""
     return {
@@ -107,7 +125,9 @@ def refine(
     Candidates: the cheapest passing allocation with one (knob, layer) one grid step
     further, or with every layer of one knob raised to one step above that knob's least
     compressed layer (a coarse move), and every cheaper failing allocation with one
-    (knob, layer) backed off to the passing allocation's setting. The one with the most predicted cost saved per
+    (knob, layer) backed off to the passing allocation's setting (a verification stopped
+    early counts as failing when the cost model rates it cheaper). The one with the most
+    predicted cost saved per
     point of predicted extra drop is measured next; stops after ``max_rounds`` records
     (counting ``records``), at ``deadline`` or when no candidate is left.
 
@@ -121,6 +141,7 @@ def refine(
     kind = "size" if evaluator.objective.kind == "size" else "macs"
     drops = predicted_drops(space, curves, base_metric)
     seen = {allocation_key(r.allocation) for r in records}
+    seen |= {allocation_key(stop.allocation) for stop in evaluator.stopped}
     losses = [r.val_loss for r in records if evaluator.meets(r) and r.val_loss is not None]
     if losses and evaluator.loss_cap is None:
         evaluator.loss_cap = max(losses)
@@ -128,7 +149,7 @@ def refine(
     def predicted(levels: Levels) -> float:
         return sum(drops[pair][level] for pair, level in levels.items())
 
-    while len(records) < max_rounds and time.monotonic() < deadline:
+    while rounds_used(evaluator, records) < max_rounds and time.monotonic() < deadline:
         passing = [r for r in records if evaluator.meets(r)]
         if not passing:
             break
@@ -148,12 +169,18 @@ def refine(
                         (knob, layer): max(base_levels[(knob, layer)], floor) for layer in layers
                     }
                     options.append({**base_levels, **raised})
-        for record in records:
-            if record.ratio < best.ratio and not evaluator.meets(record):
-                failed = levels_of(space, record.allocation)
-                for pair, level in failed.items():
-                    if level != base_levels[pair]:
-                        options.append({**failed, pair: base_levels[pair]})
+        failing = [r.allocation for r in records if r.ratio < best.ratio and not evaluator.meets(r)]
+        # stopped early: failures without a measured cost; the cost model ranks them
+        failing += [
+            stop.allocation
+            for stop in evaluator.stopped
+            if space.cost(stop.allocation, kind) < base_cost
+        ]
+        for allocation in failing:
+            failed = levels_of(space, allocation)
+            for pair, level in failed.items():
+                if level != base_levels[pair]:
+                    options.append({**failed, pair: base_levels[pair]})
         scored = []
         for levels in options:
             allocation = space.allocation(levels)
@@ -169,7 +196,9 @@ def refine(
             break
         _, key, allocation = max(scored, key=lambda item: item[0])
         seen.add(key)
-        record = evaluator.evaluate(allocation, f"greedy-{len(records) + 1}")
+        record = verify(evaluator, allocation, f"greedy-{rounds_used(evaluator, records) + 1}")
+        if record is None:
+            continue
         record.extra["refined_from"] = best.name
         records.append(record)
         if on_record is not None:
@@ -199,12 +228,17 @@ def uniform_search(
     ladder = evaluator.space.ladder()
     low, high = -1, len(ladder)  # ladder[low] passes, ladder[high] fails
     records: list[Record] = []
-    while high - low > 1 and len(records) < max_rounds and time.monotonic() < deadline:
+    tried = 0
+    while high - low > 1 and tried < max_rounds and time.monotonic() < deadline:
         rung = (low + high + 1) // 2
         if not evaluator.recipe(ladder[rung], "probe").steps:
             low = rung
             continue
-        record = evaluator.evaluate(ladder[rung], f"uniform-{rung}")
+        tried += 1
+        record = verify(evaluator, ladder[rung], f"uniform-{rung}")
+        if record is None:  # stopped early: fails
+            high = rung
+            continue
         record.extra["rung"] = rung
         records.append(record)
         if on_record is not None:
@@ -246,9 +280,10 @@ def greedy_search(
     factor = 1.0
     records = uniform_search(evaluator, min(4, max(1, max_rounds // 3)), deadline, on_record)
     outcome: dict[str, bool] = {allocation_key(r.allocation): evaluator.meets(r) for r in records}
-    first_phase = min(max_rounds, len(records) + max(3, max_rounds // 3))
+    outcome.update({allocation_key(stop.allocation): False for stop in evaluator.stopped})
+    first_phase = min(max_rounds, rounds_used(evaluator, records) + max(3, max_rounds // 3))
     for _ in range(max_rounds * 6):
-        if len(records) >= first_phase or time.monotonic() >= deadline:
+        if rounds_used(evaluator, records) >= first_phase or time.monotonic() >= deadline:
             break
         allocation = allocate(space, curves, base_metric, factor * limit, objective)
         key = allocation_key(allocation)
@@ -257,19 +292,21 @@ def greedy_search(
                 log.info("greedy: allowance %.4g compresses nothing", factor * limit)
                 outcome[key] = True
             else:
-                record = evaluator.evaluate(allocation, f"greedy-{len(records) + 1}")
-                record.extra["allowance"] = factor * limit
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
-                outcome[key] = evaluator.meets(record)
-                log.info(
-                    "greedy: allowance x%.3g -> val %.4f, cost ratio %.4g (%s)",
-                    factor,
-                    record.val_metric,
-                    record.ratio,
-                    "pass" if outcome[key] else "fail",
-                )
+                name = f"greedy-{rounds_used(evaluator, records) + 1}"
+                record = verify(evaluator, allocation, name)
+                outcome[key] = record is not None and evaluator.meets(record)
+                if record is not None:
+                    record.extra["allowance"] = factor * limit
+                    records.append(record)
+                    if on_record is not None:
+                        on_record(record)
+                    log.info(
+                        "greedy: allowance x%.3g -> val %.4f, cost ratio %.4g (%s)",
+                        factor,
+                        record.val_metric,
+                        record.ratio,
+                        "pass" if outcome[key] else "fail",
+                    )
         if outcome[key]:
             passed = factor if passed is None else max(passed, factor)
         else:

@@ -1,7 +1,9 @@
 """``optimize``: the most compressed model within an accuracy budget.
 
-Sensitivity curves on the val split -> a strategy (greedy allocation verified by
-measurement, or an Optuna study) -> the Pareto front of (objective, val metric) ->
+Options (:class:`~torchslim.search.options.OptimizeOptions`) checked -> sensitivity curves
+on the val split -> a registered strategy (:mod:`torchslim.search.strategies`: greedy
+allocation verified by measurement, an Optuna study, or a plug-in) -> the Pareto front of
+(objective, val metric) ->
 the cheapest candidate within budget on val, re-measured on the held-out test split
 and accepted only if it meets the budget there. Everything found is kept: the front,
 the best (or, when nothing meets the budget, the best found), its recipe and artifact.
@@ -13,31 +15,34 @@ import dataclasses
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from torchslim.errors import ConfigError, TorchslimError
+from torchslim.errors import TorchslimError
 from torchslim.hardware import machine_record
 from torchslim.pipeline import run_recipe
 from torchslim.recipe import Recipe
 from torchslim.report.results import Candidate, Report
-from torchslim.search.budget import Budget, Objective
+from torchslim.search.budget import Budget
 from torchslim.search.defaults import DEFAULT_TIME_LIMIT, TrainingDefaults, training_defaults
-from torchslim.search.evaluate import Evaluator, Record
-from torchslim.search.greedy import allocate, greedy_search
+from torchslim.search.evaluate import Evaluator, Record, Stopped
+from torchslim.search.options import OptimizeOptions, as_options
 from torchslim.search.sensitivity import Curves, sensitivity
-from torchslim.search.space import allocation_key, build_space, default_knobs
+from torchslim.search.space import (
+    Space,
+    build_space,
+    default_knobs,
+)
+from torchslim.search.strategies import SearchInput, SearchOutcome, make_strategy
 
 if TYPE_CHECKING:
     from torchslim.task import Task
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("greedy", "optuna", "auto")
 ACCEPT_TRIES = 3  # val-feasible candidates checked on test, cheapest first
 
 
@@ -57,6 +62,8 @@ class OptimizeResult:
         seconds: wall time of the whole run.
         answered_by: for a worker of a shared study whose answer another worker writes
             into the shared ``out`` folder: that worker (``host:pid``); else None.
+        options: the options the run used, defaults resolved (``results.json["options"]``).
+        stopped: candidates whose recovery was stopped early as hopeless.
     """
 
     report: Report
@@ -69,304 +76,206 @@ class OptimizeResult:
     curves: Curves = field(default_factory=dict)
     seconds: float = 0.0
     answered_by: str | None = None
-
-
-def _check_limits(trials: int | None, time_limit: float | None, strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy {strategy!r} is unknown; use one of {STRATEGIES}")
-    if trials is not None and (
-        isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
-    ):
-        raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
-    if time_limit is not None and not (
-        isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0
-    ):
-        raise ConfigError(f"time limit must be a positive number of seconds, got {time_limit!r}")
+    options: OptimizeOptions | None = None
+    stopped: list[Stopped] = field(default_factory=list)
 
 
 def optimize(
-    task: Task,
-    max_drop: float = 1.0,
-    drop_type: str = "absolute",
-    objective: str = "size",
-    *,
-    runtime: str = "torch",
-    batch: int = 1,
-    strategy: str = "auto",
-    techniques: list[str] | tuple[str, ...] | None = None,
-    ranges: dict[str, list[float]] | None = None,
-    trials: int | None = None,
-    time_limit: float | None = None,
-    storage: str | None = None,
-    study: str | None = None,
-    out: str | Path | None = None,
-    recovery_epochs: int | None = None,
-    codebook_epochs: int | None = None,
-    recovery: str = "distill",
-    recovery_lr: float | None = None,
-    sensitivity_epochs: int | None = None,
-    margin: float = 0.25,
-    multi_objective: bool = True,
-    seed: int | None = 0,
-    threads: int = 1,
-    progress: bool = True,
-    latency: bool = True,
-    heartbeat: int | None = None,
+    task: Any, options: OptimizeOptions | float | None = None, /, **fields: Any
 ) -> OptimizeResult:
     """Find the most compressed model of ``task`` whose metric drop stays within budget.
 
-    Args:
-        task: the Task (its baseline is trained once and cached).
-        max_drop: the budget in points: ``1.0`` = 1 percentage point of accuracy
-            (0.01 in metric units) when absolute, 1 % of the baseline when relative.
-        drop_type: ``"absolute"`` or ``"relative"``.
-        objective: ``"size"`` (artifact bytes), ``"macs"`` or ``"latency"``.
-        runtime, batch: latency runtime (``torch`` / ``onnxruntime``) and batch size.
-        strategy: ``"greedy"`` (sensitivity allocation, verified, with back-off),
-            ``"optuna"`` (a study seeded with greedy allocations) or ``"auto"`` (optuna when
-            a storage, study or trial count is given, else greedy).
-        techniques: knobs to search (default by objective: size -> channel_pruning +
-            magnitude_pruning + codebook_quant, channel_pruning left out when the model
-            has no prunable channel group, and linear_int8 + embedding_quant instead for
-            a model with an ``nn.Embedding`` table (a transformer encoder); macs ->
-            channel_pruning; latency -> channel_pruning, plus static_quant on onnxruntime).
-        ranges: per-technique grids, e.g. ``{"codebook_quant": [8, 4, 3]}``.
-        trials: greedy verifications / finished Optuna trials in the study (a resumed
-            study continues up to this count); default 12 (greedy) or 30 (optuna), fewer
-            on large tasks (:mod:`torchslim.search.defaults`).
-        time_limit: seconds from the start after which no new candidate is verified
-            (default: 25 minutes when ``trials`` is not given either, else none).
-        storage: None (in memory), ``sqlite:///study.db`` or any SQLAlchemy URL
-            (``postgresql://``: psycopg 3, the ``postgres`` extra). Many processes with
-            the same storage and study share the trials; with a shared ``out`` one of
-            them writes the answer over all trials (see :attr:`OptimizeResult.answered_by`).
-        study: study name (default derived from the task's fingerprint).
-        out: folder for results.json, report.html, the best recipe and its artifact.
-        recovery_epochs: recovery after pruning (default: half of the task's training
-            epochs, 1 to 20, and no more epochs than fit in a compute bound; see
-            :mod:`torchslim.search.defaults`).
-        codebook_epochs: centroid fine-tuning of codebook quantization (default: half
-            of recovery_epochs, at least 1; none when recovery_epochs is 0).
-        recovery: ``"distill"`` (Hinton KD from the uncompressed baseline, default) or
-            ``"finetune"`` (task loss) after pruning.
-        recovery_lr: recovery learning rate (None: the task's lr for distill, a tenth of
-            it for finetune).
-        sensitivity_epochs: recovery epochs before each sensitivity point is measured
-            (default 1, or 0 when all points' recovery would exceed a compute bound; 0
-            measures right after compressing, which overstates the cost of pruning that
-            recovery wins back).
-        margin: fraction of the budget held back on the val split (0.25: a 1-point budget
-            is searched as 0.75 points on val); the test split is checked against the full
-            budget. Candidates within the full budget on val are tried on test after the
-            ones within the margin.
-        multi_objective: NSGA-II on (cost, drop) for the front; False: TPE on cost with
-            the budget as a constraint.
-        seed: sampler seed (None: random; shared studies use seed + process id).
-        threads: intra-op threads while timing.
-        progress: show progress bars.
-        latency: time the final candidate against the baseline (always for latency).
-        heartbeat: seconds between a running trial's heartbeats in a stored study
-            (default 10); a trial silent for three of them is failed and retried.
+    Call it with keyword options, ``optimize(task, max_drop=1.0, objective="size",
+    trials=20)``, or with an :class:`~torchslim.search.options.OptimizeOptions`,
+    ``optimize(task, options)`` (keywords then change fields of it); a number in second
+    place is ``max_drop``. Every field is documented on ``OptimizeOptions``; in short:
+    the budget (``max_drop`` points, ``drop_type``), the ``objective`` (size, macs,
+    latency on a ``runtime`` at a ``batch``), the ``strategy`` (a registered one, see
+    :mod:`torchslim.search.strategies`; ``auto``: optuna when a storage, study or trial
+    count is given, else greedy), the ``techniques`` and their ``ranges``, how long to
+    search (``trials``, ``time_limit``), a shared study (``storage``, ``study``,
+    ``heartbeat``) and the training (``recovery``, ``recovery_epochs``,
+    ``codebook_epochs``, ``sensitivity_epochs``: None takes the compute-bounded default of
+    :mod:`torchslim.search.defaults`).
+
+    Default techniques by objective: size -> channel_pruning + magnitude_pruning +
+    codebook_quant (channel_pruning left out when the model has no prunable channel
+    group; linear_int8 + embedding_quant instead for a model with an ``nn.Embedding``
+    table), macs -> channel_pruning, latency -> channel_pruning, plus static_quant on
+    onnxruntime.
+
+    Raises:
+        ConfigError: a bad option (one line naming it), before anything trains.
     """
     start = time.monotonic()
-    budget = Budget(max_drop, drop_type)
-    small_budget = budget.small_budget_warning()
-    if small_budget:
-        warnings.warn(small_budget, UserWarning, stacklevel=2)
-    goal = Objective(objective, runtime, batch)
-    _check_limits(trials, time_limit, strategy)
-    _check_search_settings(recovery, sensitivity_epochs, margin)
-    if strategy == "auto":
-        strategy = "optuna" if (storage or study or trials) else "greedy"
-    if strategy == "greedy" and storage is not None:
-        raise ConfigError("--storage applies to the optuna strategy; pass --strategy optuna")
-    storage_obj: Any = None
-    if strategy == "optuna":
-        from torchslim.search.optuna_search import open_storage
-
-        storage_obj = open_storage(  # fail fast, before training anything
-            storage, **({} if heartbeat is None else {"heartbeat": heartbeat})
-        )
-    knobs = tuple(techniques) if techniques else default_knobs(goal.kind, goal.runtime)
-    if not knobs:
-        raise ConfigError("the list of techniques is empty; name at least one")
-    base = task.baseline(progress=progress)
-    if (
-        techniques is None
-        and goal.kind == "size"
-        and any(isinstance(m, nn.Embedding) for m in base.modules())
-    ):
-        # a transformer encoder: int8 Linears (per-channel, dynamic inputs) and the token
-        # table, often half the model; on MiniLM-L6 a whole-matrix codebook is far behind
-        # per-channel int8 (8 bits: cosine 0.9953 vs 0.9974)
-        knobs = default_knobs(goal.kind, goal.runtime, embedding=True)
-    if techniques is None and "channel_pruning" in knobs and goal.kind == "size":
-        try:
-            space = build_space(base, task, knobs, ranges)
-        except TorchslimError as exc:  # no prunable channel group, or an untraceable graph
-            log.info("size search without channel pruning: %s", exc)
-            knobs = tuple(k for k in knobs if k != "channel_pruning")
-            ranges = {k: v for k, v in (ranges or {}).items() if k != "channel_pruning"}
-            space = build_space(base, task, knobs, ranges)
-    else:
-        space = build_space(base, task, knobs, ranges)
+    options = as_options(options, fields)
+    strategy = make_strategy(options)  # e.g. opens an Optuna storage: fails fast
+    base = task.baseline(progress=options.progress)
+    space, knobs, ranges = _search_space(task, base, options)
     defaults = _training_defaults(task, base, space)
-    rounds = recovery_epochs if recovery_epochs is not None else defaults.recovery_epochs
-    default_codebook = max(1, rounds // 2) if rounds else 0  # recovery off: no training at all
-    codebook = codebook_epochs if codebook_epochs is not None else default_codebook
-    probe = defaults.sensitivity_epochs if sensitivity_epochs is None else sensitivity_epochs
+    resolved = _resolve(options, defaults, knobs, ranges, strategy.default_trials)
     curves, base_val_metric = sensitivity(
         task,
         base,
         space,
         "val",
-        progress=progress,
-        recovery_epochs=probe,
-        recovery=recovery,
-        recovery_lr=recovery_lr,
+        progress=options.progress,
+        recovery_epochs=resolved.sensitivity_epochs or 0,
+        recovery=resolved.recovery,
+        recovery_lr=resolved.recovery_lr,
     )
-    evaluator = Evaluator(
+    evaluator = _evaluator(task, base, space, resolved)
+    notes = _notes(task, resolved, evaluator)
+    if options.recovery_epochs is None or options.sensitivity_epochs is None or not options.trials:
+        notes.append(defaults.note())
+    if options.time_limit is None and resolved.time_limit is not None:
+        notes.append(
+            f"default time limit: no new verification after {resolved.time_limit / 60:g} "
+            "minutes from the start (--time-limit / --trials to change)"
+        )
+    deadline = start + resolved.time_limit if resolved.time_limit is not None else math.inf
+    search = SearchInput(curves, base_val_metric, resolved, resolved.trials or 1, deadline)
+    outcome = strategy.run(evaluator, search)
+    notes.extend(outcome.notes)
+    if outcome.answered_by is not None:  # another worker of the study writes the answer
+        evaluator.close()
+        return _answered_elsewhere(task, evaluator, resolved, outcome, curves, notes, start)
+    return _finish(task, base, evaluator, resolved, outcome.records, curves, notes, start)
+
+
+def _search_space(
+    task: Any, base: nn.Module, options: OptimizeOptions
+) -> tuple[Space, tuple[str, ...], dict[str, tuple[float, ...]]]:
+    """The searched knobs (given, or the objective's defaults for this model) and space."""
+    goal = options.goal
+    ranges = dict(options.ranges or {})
+    if options.techniques is not None:
+        knobs = options.techniques
+    elif goal.kind == "size" and any(isinstance(m, nn.Embedding) for m in base.modules()):
+        # a transformer encoder: int8 Linears (per-channel, dynamic inputs) and the token
+        # table, often half the model; on MiniLM-L6 a whole-matrix codebook is far behind
+        # per-channel int8 (8 bits: cosine 0.9953 vs 0.9974)
+        knobs = default_knobs(goal.kind, goal.runtime, embedding=True)
+    else:
+        knobs = default_knobs(goal.kind, goal.runtime)
+    if options.techniques is None and "channel_pruning" in knobs and goal.kind == "size":
+        try:
+            return build_space(base, task, knobs, ranges), knobs, ranges
+        except TorchslimError as exc:  # no prunable channel group, or an untraceable graph
+            log.info("size search without channel pruning: %s", exc)
+            knobs = tuple(k for k in knobs if k != "channel_pruning")
+            ranges = {k: v for k, v in ranges.items() if k != "channel_pruning"}
+    return build_space(base, task, knobs, ranges), knobs, ranges
+
+
+def _resolve(
+    options: OptimizeOptions,
+    defaults: TrainingDefaults,
+    knobs: tuple[str, ...],
+    ranges: dict[str, tuple[float, ...]],
+    default_trials: int,
+) -> OptimizeOptions:
+    """The options with every default filled in: what runs, and what results.json records."""
+    rounds = (
+        options.recovery_epochs if options.recovery_epochs is not None else defaults.recovery_epochs
+    )
+    default_codebook = max(1, rounds // 2) if rounds else 0  # recovery off: no training at all
+    return options.replace(
+        strategy=options.strategy_name(),
+        techniques=knobs,
+        ranges=ranges or None,
+        trials=options.trials or defaults.scaled_trials(default_trials),
+        time_limit=(
+            DEFAULT_TIME_LIMIT
+            if options.time_limit is None and not options.trials
+            else options.time_limit
+        ),
+        recovery_epochs=rounds,
+        codebook_epochs=(
+            options.codebook_epochs if options.codebook_epochs is not None else default_codebook
+        ),
+        sensitivity_epochs=(
+            defaults.sensitivity_epochs
+            if options.sensitivity_epochs is None
+            else options.sensitivity_epochs
+        ),
+    )
+
+
+def _evaluator(task: Any, base: nn.Module, space: Space, options: OptimizeOptions) -> Evaluator:
+    """The evaluator of every candidate (options resolved)."""
+    return Evaluator(
         task,
         base,
         space,
-        budget,
-        goal,
-        rounds,
-        codebook,
-        threads,
-        recovery=recovery,
-        recovery_lr=recovery_lr,
-        margin=margin,
+        options.budget,
+        options.goal,
+        options.recovery_epochs or 0,
+        options.codebook_epochs or 0,
+        options.threads,
+        recovery=options.recovery,
+        recovery_lr=options.recovery_lr,
+        margin=options.margin,
     )
-    default_time = time_limit is None and trials is None
-    if default_time:
-        time_limit = DEFAULT_TIME_LIMIT
-    deadline = start + time_limit if time_limit is not None else math.inf
+
+
+def _notes(task: Any, options: OptimizeOptions, evaluator: Evaluator) -> list[str]:
+    """The report's first notes: budget, objective, strategy, training, splits."""
+    budget, goal = evaluator.budget, evaluator.objective
     notes = [
         f"budget: at most {budget.max_drop:g} point(s) {budget.drop_type} drop of "
         f"{task.metric_name} (budget.max_drop = {budget.fraction:g} in "
         f"{'metric units' if budget.drop_type == 'absolute' else 'fraction of the baseline'})",
         f"objective: {goal.kind}"
         + (f" at batch {goal.batch} on {goal.runtime}" if goal.needs_latency else ""),
-        f"strategy: {strategy}; techniques: {', '.join(knobs)}; recovery: {recovery} "
-        f"{rounds} epoch(s); sensitivity measured after {probe} recovery epoch(s)",
-        f"val margin: candidates must stay within {1 - margin:.0%} of the budget on val",
+        f"strategy: {options.strategy}; techniques: {', '.join(options.techniques or ())}; "
+        f"recovery: {options.recovery} {options.recovery_epochs} epoch(s); sensitivity "
+        f"measured after {options.sensitivity_epochs} recovery epoch(s)",
+        f"val margin: candidates must stay within {1 - options.margin:.0%} of the budget on val",
         "the search saw the val split only; candidates are reported with their test metric",
         f"training and statistics on {task.device}"
         + (f" ({task.train_config.amp} mixed precision)" if task.train_config.amp else "")
         + "; artifacts saved from CPU tensors",
     ]
+    small_budget = budget.small_budget_warning()
     if small_budget:
         notes.append(f"warning: {small_budget}")
-    if recovery_epochs is None or sensitivity_epochs is None or trials is None:
-        notes.append(defaults.note())
-    if default_time:
-        notes.append(
-            f"default time limit: no new verification after {DEFAULT_TIME_LIMIT / 60:g} "
-            "minutes from the start (--time-limit / --trials to change)"
-        )
-    if strategy == "greedy":
-        records = greedy_search(
-            evaluator, curves, base_val_metric, trials or defaults.verifications, deadline
-        )
-    else:
-        from torchslim.search.optuna_search import (
-            claim_answer,
-            duplicates,
-            open_study,
-            run_study,
-            study_records,
-            trials_per_worker,
-        )
-
-        shared = storage is not None
-        settings = {
-            "objective": goal.to_dict(),
-            "budget": budget.to_dict(),
-            "knobs": list(knobs),
-            "ranges": {k: list(map(float, v)) for k, v in sorted((ranges or {}).items())},
-            "recovery": f"{recovery} {rounds} epoch(s), lr {recovery_lr}",
-            "codebook_epochs": codebook,
-            "sensitivity_epochs": probe,
-            "margin": margin,
-        }
-        study_obj = open_study(
-            storage_obj,
-            study,
-            task.fingerprint(),
-            settings,
-            multi_objective,
-            seed=(seed + _pid()) if (seed is not None and shared) else seed,
-            evaluator=evaluator,
-        )
-        seeds, keys = [], set()
-        for factor in (0.25, 0.5, 1, 2, 4, 8, 16):
-            allocation = allocate(
-                space, curves, base_val_metric, factor * evaluator.search_limit, goal.kind
-            )
-            if allocation_key(allocation) not in keys:
-                keys.add(allocation_key(allocation))
-                seeds.append(allocation)
-        ladder = space.ladder()  # uniform rungs at a quarter, half and three quarters
-        for allocation in (
-            ladder[len(ladder) // 4],
-            ladder[len(ladder) // 2],
-            ladder[-len(ladder) // 4],
-        ):
-            if allocation_key(allocation) not in keys:
-                keys.add(allocation_key(allocation))
-                seeds.append(allocation)
-        remaining = None if time_limit is None else max(1.0, deadline - time.monotonic())
-        run_study(
-            study_obj, evaluator, trials or defaults.study_trials, remaining, seeds, multi_objective
-        )
-        records = study_records(study_obj)
-        notes.append(f"study {study_obj.study_name!r}: {len(study_obj.trials)} trial(s) in storage")
-        counts = trials_per_worker(study_obj)
-        notes.append(
-            f"trials per worker ({len(counts)} worker(s)): "
-            + ", ".join(f"{worker} {n}" for worker, n in counts.items())
-            + f"; {duplicates(study_obj)} suggestion(s) pruned as duplicates without training"
-        )
-        holder = claim_answer(out, study_obj) if (shared and out is not None) else None
-        if holder is not None:  # another worker of the study writes the answer into out
-            evaluator.close()
-            return OptimizeResult(
-                report=Report(
-                    task=task.name,
-                    metric_name=task.metric_name,
-                    baseline=evaluator.base_val,
-                    candidates=[],
-                    budget=budget.to_dict(),
-                    sensitivity=curves,
-                    notes=[*notes, f"the answer is written by worker {holder} into {out}"],
-                ),
-                best=None,
-                best_found=None,
-                met=False,
-                recipe=None,
-                records=records,
-                curves=curves,
-                seconds=time.monotonic() - start,
-                answered_by=holder,
-            )
-    timed = latency or goal.needs_latency
-    return _finish(task, base, evaluator, budget, records, curves, notes, out, start, timed)
+    return notes
 
 
-def _check_search_settings(recovery: str, sensitivity_epochs: int | None, margin: float) -> None:
-    from torchslim.search.space import RECOVERIES
-
-    if recovery not in RECOVERIES:
-        raise ConfigError(f"recovery {recovery!r} is unknown; use one of {RECOVERIES}")
-    if sensitivity_epochs is not None and (
-        isinstance(sensitivity_epochs, bool)
-        or not isinstance(sensitivity_epochs, int)
-        or sensitivity_epochs < 0
-    ):
-        raise ConfigError(f"sensitivity epochs must be an integer >= 0, got {sensitivity_epochs!r}")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise ConfigError(f"margin is a fraction of the budget in [0, 1), got {margin!r}")
+def _answered_elsewhere(
+    task: Any,
+    evaluator: Evaluator,
+    options: OptimizeOptions,
+    outcome: SearchOutcome,
+    curves: Curves,
+    notes: list[str],
+    start: float,
+) -> OptimizeResult:
+    """The result of a worker whose shared study's answer another worker writes."""
+    holder = outcome.answered_by
+    return OptimizeResult(
+        report=Report(
+            task=task.name,
+            metric_name=task.metric_name,
+            baseline=evaluator.base_val,
+            candidates=[],
+            budget=evaluator.budget.to_dict(),
+            sensitivity=curves,
+            notes=[*notes, f"the answer is written by worker {holder} into {options.out}"],
+            options=options.to_dict(),
+        ),
+        best=None,
+        best_found=None,
+        met=False,
+        recipe=None,
+        records=outcome.records,
+        curves=curves,
+        seconds=time.monotonic() - start,
+        answered_by=holder,
+        options=options,
+        stopped=list(evaluator.stopped),
+    )
 
 
 def _training_defaults(task: Any, base: nn.Module, space: Any) -> TrainingDefaults:
@@ -381,12 +290,6 @@ def _training_defaults(task: Any, base: nn.Module, space: Any) -> TrainingDefaul
         samples = 0
     points = sum(len(space.grids[knob]) - 1 for knob, _ in space.knobs())
     return training_defaults(task.train_config.epochs, macs, samples, points)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def pareto_front(records: list[Record]) -> list[Record]:
@@ -405,40 +308,29 @@ def pareto_front(records: list[Record]) -> list[Record]:
 
 
 def _finish(
-    task: Task,
-    base: Any,
+    task: Any,
+    base: nn.Module,
     evaluator: Evaluator,
-    budget: Budget,
+    options: OptimizeOptions,
     records: list[Record],
     curves: Curves,
     notes: list[str],
-    out: str | Path | None,
     start: float,
-    timed: bool,
 ) -> OptimizeResult:
+    """Accept the cheapest candidate within budget on test, re-run it, write the report."""
+    budget = evaluator.budget
     base_test = task.evaluate(base, "test")
-    if not records and evaluator.stopped:  # every trial stopped early: finish the least bad
-        _, allocation = min(evaluator.stopped, key=lambda item: item[0])
-        records = [evaluator.evaluate(allocation, "least-drop")]
-    # within the margin first (cheapest first), then within the bare budget on val
-    feasible = sorted(
-        (r for r in records if evaluator.meets(r, margin=False)),
-        key=lambda r: (not evaluator.meets(r), r.ratio),
-    )
-    if evaluator.objective.needs_latency and evaluator.keep is not None:
-        feasible = retime_finalists(task, feasible, evaluator, notes)
-    elif evaluator.objective.needs_latency:
-        feasible = fewest_macs_within_noise(feasible, evaluator.meets)
-    evaluator.close()
-    chosen: Record | None = None
-    for record in feasible[:ACCEPT_TRIES]:
-        if budget.met(base_test, record.test_metric):
-            chosen = record
-            break
+    if not records and evaluator.stopped:  # every candidate stopped early: finish the least bad
+        least = min(evaluator.stopped, key=lambda item: item.drop)
         notes.append(
-            f"{record.name} meets the budget on val but not on test "
-            f"({record.test_metric:.4f} vs baseline {base_test:.4f}); not accepted"
+            f"every candidate was stopped early; {least.name}, the least bad, is finished as "
+            "least-drop"
         )
+        records = [evaluator.evaluate(least.allocation, "least-drop")]
+    notes.extend(stop.note() for stop in evaluator.stopped)
+    feasible = _ranked(task, records, evaluator, notes)
+    evaluator.close()
+    chosen = _accept(feasible, base_test, budget, notes)
     found = chosen
     if found is None and records:
         found = (
@@ -448,38 +340,17 @@ def _finish(
         )
     notes.extend(evaluator.deployed_misses)
     front = pareto_front(records)
-    final_run = None
     label = "best" if chosen is not None else "best-found"
-    if found is not None:
-        recipe = evaluator.recipe(found.allocation, label)
-        final_run = run_recipe(
-            recipe,
-            task,
-            baseline=base,
-            out=out,
-            name=label,
-            latency=timed,
-            runtime=evaluator.timing()["runtime"],
-            threads=evaluator.threads,
-            split="test",
+    recipe = evaluator.recipe(found.allocation, label) if found is not None else None
+    final_run, met = None, False
+    if found is not None and recipe is not None:
+        timed = options.latency or evaluator.objective.needs_latency
+        final_run, met = _rerun(
+            task, base, evaluator, recipe, label, options.out, timed, chosen, notes
         )
-        final = final_run.candidate
-        met = chosen is not None and budget.met(
-            final_run.baseline_footprint.metric, final.shipped_metric()
-        )
-        simulated_met = budget.met(final_run.baseline_footprint.metric, final.footprint.metric)
-        if chosen is not None and not met and simulated_met and final.deployed is not None:
-            notes.append(
-                f"the deployed ONNX Runtime file of the chosen recipe scores "
-                f"{final.deployed.metric:.4f} on test, {final.deployed_gap():.4f} below its "
-                "simulation, and misses the budget; not accepted"
-            )
-        elif chosen is not None and not met:
-            notes.append("the re-run of the chosen recipe missed the budget on test; not accepted")
-        baseline_fp = final_run.baseline_footprint
         final_run.candidate.origin = found.candidate.origin
+        baseline_fp = final_run.baseline_footprint
     else:
-        recipe, met = None, False
         from torchslim.measure import measure
 
         baseline_fp = measure(base, task, latency=False)
@@ -502,11 +373,12 @@ def _finish(
         sensitivity=curves,
         notes=notes,
         hardware=machine_record(evaluator.threads),
+        options=options.to_dict(),
     )
-    if out is not None:
-        report.save(out)
+    if options.out is not None:
+        report.save(options.out)
         if recipe is not None:
-            recipe.save(Path(out) / f"{label}.yaml")
+            recipe.save(Path(options.out) / f"{label}.yaml")
     return OptimizeResult(
         report=report,
         best=final_run.candidate if (met and final_run) else None,
@@ -517,7 +389,80 @@ def _finish(
         pareto=[r.name for r in front],
         curves=curves,
         seconds=time.monotonic() - start,
+        options=options,
+        stopped=list(evaluator.stopped),
     )
+
+
+def _ranked(
+    task: Any, records: list[Record], evaluator: Evaluator, notes: list[str]
+) -> list[Record]:
+    """Candidates within the budget on val: within the margin first, cheapest first (a
+    latency objective re-times or re-orders the closest ones)."""
+    feasible = sorted(
+        (r for r in records if evaluator.meets(r, margin=False)),
+        key=lambda r: (not evaluator.meets(r), r.ratio),
+    )
+    if evaluator.objective.needs_latency and evaluator.keep is not None:
+        return retime_finalists(task, feasible, evaluator, notes)
+    if evaluator.objective.needs_latency:
+        return fewest_macs_within_noise(feasible, evaluator.meets)
+    return feasible
+
+
+def _accept(
+    feasible: list[Record], base_test: float, budget: Budget, notes: list[str]
+) -> Record | None:
+    """The first of (at most :data:`ACCEPT_TRIES`) val-feasible candidates that meets the
+    budget on the test split."""
+    for record in feasible[:ACCEPT_TRIES]:
+        if budget.met(base_test, record.test_metric):
+            return record
+        notes.append(
+            f"{record.name} meets the budget on val but not on test "
+            f"({record.test_metric:.4f} vs baseline {base_test:.4f}); not accepted"
+        )
+    return None
+
+
+def _rerun(
+    task: Any,
+    base: nn.Module,
+    evaluator: Evaluator,
+    recipe: Recipe,
+    label: str,
+    out: str | None,
+    timed: bool,
+    chosen: Record | None,
+    notes: list[str],
+) -> tuple[Any, bool]:
+    """Re-run the found recipe on the test split (its artifact saved in ``out``); whether
+    the chosen one still meets the budget there (judged by the deployed file when any)."""
+    budget = evaluator.budget
+    final_run = run_recipe(
+        recipe,
+        task,
+        baseline=base,
+        out=out,
+        name=label,
+        latency=timed,
+        runtime=evaluator.timing()["runtime"],
+        threads=evaluator.threads,
+        split="test",
+    )
+    final = final_run.candidate
+    base_metric = final_run.baseline_footprint.metric
+    met = chosen is not None and budget.met(base_metric, final.shipped_metric())
+    simulated_met = budget.met(base_metric, final.footprint.metric)
+    if chosen is not None and not met and simulated_met and final.deployed is not None:
+        notes.append(
+            f"the deployed ONNX Runtime file of the chosen recipe scores "
+            f"{final.deployed.metric:.4f} on test, {final.deployed_gap():.4f} below its "
+            "simulation, and misses the budget; not accepted"
+        )
+    elif chosen is not None and not met:
+        notes.append("the re-run of the chosen recipe missed the budget on test; not accepted")
+    return final_run, met
 
 
 LATENCY_NOISE = 0.10

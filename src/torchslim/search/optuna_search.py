@@ -9,7 +9,13 @@ refused rather than mixed.
 
 Samplers: NSGA-II (multi-objective: objective cost ratio and val drop, the Pareto front)
 or TPE (single objective: cost ratio, with the budget as a constraint). Bad trials stop
-early: after recovery, a val drop beyond twice the budget ends the trial as pruned.
+early, whatever the recovery step is called (any step with ``role == "recovery"``): from
+half of its epochs on, each epoch's val drop is reported with ``trial.report(drop, epoch)``
+and the study's :class:`RecoveryPruner` prunes a hopeless one
+(:class:`~torchslim.search.evaluate.EarlyStop`); the trial ends PRUNED, its training cut
+short. Optuna's ``report`` / ``should_prune`` serve single-objective studies only, so a
+multi-objective (NSGA-II) trial keeps the drops in its ``recovery_drops`` user attribute
+and asks the same rule directly.
 """
 
 from __future__ import annotations
@@ -24,22 +30,14 @@ from typing import Any
 import optuna
 
 from torchslim.errors import ConfigError, TorchslimError
-from torchslim.search.evaluate import Evaluator, Record, StopTrial
+from torchslim.search.evaluate import EarlyStop, Evaluator, Monitor, Record, StopTrial
 from torchslim.search.space import Allocation
+from torchslim.search.storage_url import display_url as _display_url
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-def _display_url(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only for the message
-        return url
 
 
 HEARTBEAT = 10
@@ -144,6 +142,7 @@ def open_study(
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+    pruner = RecoveryPruner(evaluator) if evaluator is not None else optuna.pruners.NopPruner()
     study: optuna.Study | None = None
     for attempt in range(3):
         try:
@@ -152,6 +151,7 @@ def open_study(
                 study_name=name,
                 directions=directions,
                 sampler=sampler,
+                pruner=pruner,
                 load_if_exists=True,
             )
             break
@@ -206,6 +206,43 @@ def open_study(
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class RecoveryPruner(optuna.pruners.BasePruner):
+    """Prunes a trial whose last reported recovery epoch is hopeless (:class:`EarlyStop`).
+
+    The trial reports its val drop (metric units) at step = the recovery epoch; the
+    recovery's length is the evaluator's ``recovery_epochs`` (the optimizer's recipes
+    have one recovery step).
+    """
+
+    def __init__(self, evaluator: Evaluator, rule: EarlyStop | None = None) -> None:
+        self.evaluator = evaluator
+        self.rule = rule or evaluator.early_stop
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        epochs = max(self.evaluator.recovery_epochs, step)
+        drop = trial.intermediate_values[step]
+        return self.rule.hopeless(drop, self.evaluator.limit, step, epochs)
+
+
+def recovery_monitor(trial: optuna.Trial, evaluator: Evaluator, multi: bool) -> Monitor:
+    """The trial's early-stopping monitor: ``trial.report`` + ``trial.should_prune`` for a
+    single-objective study, the same rule on drops kept in user attributes otherwise."""
+    drops: dict[str, float] = {}
+
+    def monitor(drop: float, epoch: int, epochs: int) -> bool:
+        if not multi:
+            trial.report(drop, epoch)
+            return trial.should_prune()
+        drops[str(epoch)] = drop
+        trial.set_user_attr("recovery_drops", dict(drops))
+        return evaluator.early_stop.hopeless(drop, evaluator.limit, epoch, epochs)
+
+    return monitor
 
 
 def suggest(trial: optuna.Trial, evaluator: Evaluator) -> Allocation:
@@ -271,7 +308,6 @@ def run_study(
         for allocation in seeds:
             study.enqueue_trial(levels_of(allocation, evaluator), skip_if_exists=True)
     me = worker_id()
-    hook = evaluator.early_stop_hook()
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("worker", me["worker"])
@@ -284,10 +320,10 @@ def run_study(
         if not evaluator.recipe(allocation, "probe").steps:
             trial.set_constraint("drop", -evaluator.search_limit)
             return (1.0, 0.0) if multi else 1.0
+        monitor = recovery_monitor(trial, evaluator, multi)
         try:
-            record = evaluator.evaluate(allocation, f"trial-{trial.number}", after_step=hook)
+            record = evaluator.evaluate(allocation, f"trial-{trial.number}", monitor=monitor)
         except StopTrial as exc:
-            evaluator.stopped.append((exc.drop, allocation))
             trial.set_user_attr("stopped", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         drop = evaluator.base_val.metric - record.val_metric

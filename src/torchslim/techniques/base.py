@@ -39,11 +39,14 @@ class TechniqueConfig:
 
     Subclasses set ``name`` (registry key, e.g. ``"magnitude_pruning"``) and
     ``family`` (``"pruning"``, ``"quantization"``, ...) and validate their fields in
-    ``__post_init__``, raising :class:`ConfigError` with the allowed values.
+    ``__post_init__``, raising :class:`ConfigError` with the allowed values. A step that
+    trains a compressed model back towards its baseline (fine-tuning, distillation) sets
+    ``role = "recovery"``: a search watches such steps' epochs and may stop them early.
     """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
+    role: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": name, "version": 1, **fields}`` with plain JSON/YAML values."""
@@ -62,6 +65,16 @@ class ApplyContext:
     task: Task | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     teacher: Any = None  # the uncompressed model, for distillation-based recovery
+    # ``on_epoch(config, model, epoch)`` after each training epoch of a step (a search
+    # watches recovery steps and stops hopeless candidates by raising from it)
+    on_epoch: Callable[[Any, nn.Module, int], None] | None = None
+
+    def epoch_hook(self, config: TechniqueConfig) -> Callable[[nn.Module, int], None] | None:
+        """``after_epoch(model, epoch)`` for a training handler of ``config`` (None: unwatched)."""
+        on_epoch = self.on_epoch
+        if on_epoch is None:
+            return None
+        return lambda model, epoch: on_epoch(config, model, epoch)
 
 
 def check_lr(owner: str, lr: float | None, optional: bool = True) -> None:

@@ -205,6 +205,7 @@ def distill(
     after_step: Any = None,
     progress: bool = False,
     mixup: float = 0.0,
+    after_epoch: Any = None,
 ) -> TrainResult:
     """Train ``student`` in place to match ``teacher`` on the task's training data.
 
@@ -228,6 +229,7 @@ def distill(
         after_step: forwarded to ``task.fit`` (e.g. to keep pruning masks).
         progress: show a progress bar.
         mixup: Beta concentration of input mixing for tensor inputs (0: off).
+        after_epoch: ``after_epoch(student, epoch)`` after each epoch (see ``task.fit``).
 
     Raises:
         ConfigError: bad temperature, alpha, loss kind or layer names (nothing trained).
@@ -294,6 +296,11 @@ def distill(
                 lr=lr,
                 objective=objective,
                 after_step=after_step,
+                after_epoch=(
+                    (lambda _wrapper, epoch: after_epoch(student, epoch))
+                    if after_epoch is not None
+                    else None
+                ),
                 progress=progress,
                 description="distill",
             )
@@ -331,6 +338,7 @@ class Distill(TechniqueConfig):
 
     name = "distill"
     family = "distillation"
+    role = "recovery"
     epochs: int = 5
     lr: float | None = None
     temperature: float = 4.0
@@ -378,6 +386,7 @@ def _distill(model: nn.Module, config: Distill, context: ApplyContext) -> nn.Mod
         features=config.features,
         feature_weight=config.feature_weight,
         mixup=config.mixup,
+        after_epoch=context.epoch_hook(config),
     )
     context.notes.setdefault("distill", []).append(
         {"steps": result.steps, "seconds": round(result.seconds, 3), "loss": result.final_loss}

@@ -29,6 +29,7 @@ class FineTune(TechniqueConfig):
 
     name = "finetune"
     family = "recovery"
+    role = "recovery"
     epochs: int = 3
     lr: float | None = None
 
@@ -44,7 +45,13 @@ def _finetune(model: nn.Module, config: FineTune, context: ApplyContext) -> nn.M
     if task is None:
         raise ConfigError("finetune needs a task (its data and training loop); pass task=")
     lr = config.lr if config.lr is not None else task.train_config.lr / 10
-    result = task.fit(model, epochs=config.epochs, lr=lr, description="fine-tune")
+    result = task.fit(
+        model,
+        epochs=config.epochs,
+        lr=lr,
+        description="fine-tune",
+        after_epoch=context.epoch_hook(config),
+    )
     context.notes.setdefault("train_seconds", 0.0)
     context.notes["train_seconds"] += result.seconds
     return model
