@@ -70,7 +70,14 @@ def effective_parameters(module: nn.Module, recurse: bool = True) -> list[tuple[
 
 def count_nonzero(model: nn.Module) -> int:
     """Number of parameters that are not exactly zero (pruning masks applied)."""
-    return sum(int(torch.count_nonzero(p)) for _, p in effective_parameters(model))
+    return sum(_nonzero(p) for _, p in effective_parameters(model))
+
+
+def _nonzero(tensor: torch.Tensor) -> int:
+    if type(tensor) in (torch.Tensor, nn.Parameter):
+        return int(torch.count_nonzero(tensor))
+    dequantize = getattr(tensor, "dequantize", None)  # a tensor subclass (torchao int8)
+    return int(torch.count_nonzero(dequantize())) if callable(dequantize) else tensor.numel()
 
 
 @dataclass
@@ -112,7 +119,7 @@ def layer_table(model: nn.Module, macs: MacCount) -> list[LayerFootprint]:
         layer_macs = macs.per_layer.get(name, 0)
         if params == 0 and layer_macs == 0:
             continue
-        nonzero = sum(int(torch.count_nonzero(p)) for p in tensors)
+        nonzero = sum(_nonzero(p) for p in tensors)
         rows.append(LayerFootprint(name, type(module).__name__, params, nonzero, layer_macs))
     return rows
 

@@ -47,6 +47,8 @@ def weight_sparsity(model: nn.Module) -> float:
     """Share of zero values among weight matrices / kernels (dim >= 2)."""
     total = zeros = 0
     for _, tensor in effective_parameters(model):
+        if type(tensor) not in (torch.Tensor, nn.Parameter):  # a tensor subclass (torchao int8)
+            continue
         if tensor.dim() >= 2:
             total += tensor.numel()
             zeros += int((tensor == 0).sum())

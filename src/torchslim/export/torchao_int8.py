@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from torchslim.artifacts import ArtifactFormat, register_format
 from torchslim.errors import ConfigError, UnsupportedError
 from torchslim.measure import register_runtime
 from torchslim.progress import quiet_logs
@@ -111,3 +112,20 @@ def torchao_io(
         return model.eval()
 
     return ArtifactIO(save=save, load=load, suffix=".pt")
+
+
+def is_torchao(model: nn.Module) -> bool:
+    """Whether any weight of ``model`` is a torchao tensor (after ``quantize_torchao``)."""
+    return any(type(p.data).__module__.startswith("torchao") for p in model.parameters())
+
+
+register_format(
+    ArtifactFormat(
+        name="torchao",
+        suffix=".pt",
+        io=torchao_io,
+        claims=is_torchao,
+        priority=40,
+        recipe=False,
+    )
+)
