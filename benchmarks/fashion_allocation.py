@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fashion import cpu_name  # noqa: E402
 
 import torchslim as ts  # noqa: E402
-from torchslim.checkpoint import write_text_atomic  # noqa: E402
+from torchslim.fileio import write_text_atomic  # noqa: E402
 from torchslim.measure import count_macs  # noqa: E402
 from torchslim.recipe import Recipe  # noqa: E402
 from torchslim.techniques import apply  # noqa: E402

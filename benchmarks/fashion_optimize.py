@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fashion import cpu_name  # noqa: E402
 
-from torchslim.checkpoint import write_text_atomic  # noqa: E402
+from torchslim.fileio import write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
