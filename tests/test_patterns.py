@@ -671,17 +671,21 @@ def test_vit_any_per_group_allocation_is_a_valid_model():
     """Ratios of the optimizer's grid for the embedding group, with other ratios for the MLP
     groups: the q/k/v width follows the embedding (nearest multiple of the 4 heads
     to Torch-Pruning's int(32 x (1 - ratio))), the MLPs keep int(64 x (1 - ratio))."""
-    from torchslim.search.space import DEFAULT_GRIDS, _channel_roots, build_recipe
+    from torchslim.search.space import build_recipe, knob_of
+    from torchslim.techniques.knobs import WEIGHTED
 
     task = _vit_task(8)
     model = task.build_model()
     # the q/k/v groups are no knobs of their own: three groups, the embedding named by a
     # layer writing it
-    roots = _channel_roots(model, task)
+    knob = knob_of("channel_pruning")
+    roots = knob.layers(
+        model, task, [n for n, m in model.named_modules() if isinstance(m, WEIGHTED)]
+    )
     assert sorted(roots) == ["blocks.0.fc1", "blocks.1.fc1", "blocks.1.fc2"]
     x = task.inputs(4)
     mlps = [(0.0, 0.5), (0.7, 0.2), (0.4, 0.4)]
-    grid = DEFAULT_GRIDS["channel_pruning"]
+    grid = knob.grid
     assert {0.2, 0.4, 0.6, 0.7} <= set(grid)
     for index, embed_ratio in enumerate((0.2, 0.4, 0.6, 0.7)):  # 24, 20, 12, 8 wide
         mlp = mlps[index % len(mlps)]
