@@ -134,11 +134,11 @@ def run_uniform(
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import Recipe
     from torchslim.techniques.channels import (
-        SEARCH_IMPORTANCE,
         ChannelPruning,
         example_inputs,
         ratio_for_macs,
     )
+    from torchslim.techniques.channels_knob import SEARCH_IMPORTANCE
     from torchslim.techniques.distillation import Distill
     from torchslim.techniques.recovery import FineTune
 

@@ -5,6 +5,7 @@
 # importing them here would be an import cycle (they import torchslim.techniques.base).
 from torchslim.techniques import (  # noqa: F401
     channels,
+    channels_knob,
     codebook,
     distillation,
     dynamic,
