@@ -407,3 +407,32 @@ def test_a_candidate_whose_deployed_file_misses_the_budget_is_never_accepted(
     assert any(gap is not None and gap > 0.3 for gap in gaps.values())
     assert saved["gap_flagged"] and set(saved["gap_flagged"]) <= set(gaps)
     assert saved["hardware"]["cpu"] and "u8s8_exact" in saved["hardware"]
+
+
+def test_a_candidate_slower_than_the_baseline_is_never_ranked_over_a_faster_one() -> None:
+    from types import SimpleNamespace
+
+    from torchslim.search.optimize import _ranked
+
+    def record(name: str, ratio: float, in_margin: bool) -> SimpleNamespace:
+        return SimpleNamespace(name=name, ratio=ratio, in_margin=in_margin)
+
+    def meets(r: SimpleNamespace, margin: bool = True) -> bool:
+        return r.in_margin or not margin
+
+    objective = SimpleNamespace(kind="latency", needs_latency=False)
+    evaluator = SimpleNamespace(meets=meets, objective=objective, keep=None)
+    # seen on fashion-resnet: int8 at 1 / 0.6 = 1.67x the fp32 time, within the margin; a
+    # pruned fp32 model at 0.95x, within the budget but not the margin
+    slow, fast = record("int8", 1.67, True), record("pruned", 0.95, False)
+    notes: list[str] = []
+    assert [r.name for r in _ranked(None, [slow, fast], evaluator, notes)] == ["pruned", "int8"]
+    assert notes == []
+    # among candidates that beat the baseline, the margin still comes first
+    closer = record("closer", 0.97, True)
+    order = _ranked(None, [slow, fast, closer], evaluator, notes)
+    assert [r.name for r in order] == ["closer", "pruned", "int8"]
+    # nothing beats the baseline: said in the notes
+    order = _ranked(None, [slow, record("same", 1.0, False)], evaluator, notes)
+    assert [r.name for r in order] == ["int8", "same"]
+    assert notes and "no candidate within the budget beat the baseline on latency" in notes[0]

@@ -397,12 +397,23 @@ def _finish(
 def _ranked(
     task: Any, records: list[Record], evaluator: Evaluator, notes: list[str]
 ) -> list[Record]:
-    """Candidates within the budget on val: within the margin first, cheapest first (a
-    latency objective re-times or re-orders the closest ones)."""
+    """Candidates within the budget on val: those that beat the baseline on the objective
+    (ratio < 1) before those that do not, then within the margin first, cheapest first (a
+    latency objective re-times or re-orders the closest ones).
+
+    Without the first key a candidate within the margin but slower than the baseline was
+    answered over a faster one just outside it (fashion-resnet, latency at batch 1 on ONNX
+    Runtime: a static-int8 model at 0.6x the fp32 speed over a pruned fp32 one at 1.05x).
+    """
     feasible = sorted(
         (r for r in records if evaluator.meets(r, margin=False)),
-        key=lambda r: (not evaluator.meets(r), r.ratio),
+        key=lambda r: (r.ratio >= 1, not evaluator.meets(r), r.ratio),
     )
+    if feasible and feasible[0].ratio >= 1:
+        notes.append(
+            f"no candidate within the budget beat the baseline on {evaluator.objective.kind} "
+            f"(the best reaches {1 / feasible[0].ratio:.3g}x); the answer is no improvement"
+        )
     if evaluator.objective.needs_latency and evaluator.keep is not None:
         return retime_finalists(task, feasible, evaluator, notes)
     if evaluator.objective.needs_latency:
