@@ -200,24 +200,6 @@ def reader_of(spec: dict[str, Any]) -> ArtifactFormat | None:
     return None
 
 
-# ------------------------------------------------------------------ self-describing modules
-
-_MODULE_TYPES: dict[str, Any] = {}
-
-
-def register_module_type(cls: Any) -> Any:
-    """Class decorator: a module that records itself (``describe() -> dict`` with ``"type"``
-    = its class name) and is rebuilt empty by ``cls.build(description)`` (``Int8Linear``,
-    ``QuantEmbedding``), so artifacts rebuild it without importing its technique."""
-    _MODULE_TYPES[cls.__name__] = cls
-    return cls
-
-
-def module_type(kind: Any) -> Any:
-    """The registered self-describing module class called ``kind`` (None when unknown)."""
-    return _MODULE_TYPES.get(kind) if isinstance(kind, str) else None
-
-
 # ------------------------------------------------------------------ structure records
 
 

@@ -73,8 +73,13 @@ def count_nonzero(model: nn.Module) -> int:
     return sum(_nonzero(p) for _, p in effective_parameters(model))
 
 
+def is_plain(tensor: torch.Tensor) -> bool:
+    """A plain tensor or parameter, not a subclass with its own storage (torchao int8)."""
+    return type(tensor) in (torch.Tensor, nn.Parameter)
+
+
 def _nonzero(tensor: torch.Tensor) -> int:
-    if type(tensor) in (torch.Tensor, nn.Parameter):
+    if is_plain(tensor):
         return int(torch.count_nonzero(tensor))
     dequantize = getattr(tensor, "dequantize", None)  # a tensor subclass (torchao int8)
     return int(torch.count_nonzero(dequantize())) if callable(dequantize) else tensor.numel()

@@ -87,6 +87,19 @@ def register_module_type(
     MODULE_TYPES[key] = ModuleType(cls, describe, build, replaces)
 
 
+def register_self_describing(cls: Any) -> Any:
+    """Class decorator for a module that describes itself (``describe() -> dict`` with its
+    ``"type"``) and is rebuilt empty by ``cls.build(description)`` (``Int8Linear``,
+    ``QuantEmbedding``): registered as a type that replaces the layer it quantizes."""
+    register_module_type(
+        cls,
+        lambda module: {k: v for k, v in module.describe().items() if k != "type"},
+        cls.build,
+        replaces=True,
+    )
+    return cls
+
+
 def _registered(module: nn.Module) -> tuple[str, ModuleType] | None:
     for key, entry in MODULE_TYPES.items():
         if isinstance(module, entry.cls):

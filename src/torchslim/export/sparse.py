@@ -29,7 +29,7 @@ from torch import nn
 from torchslim.artifacts import ArtifactFormat, ArtifactIO, artifact_spec, register_format
 from torchslim.checkpoint import build_from_spec, load_checkpoint, plain_state, save_checkpoint
 from torchslim.errors import CheckpointError
-from torchslim.measure import effective_parameters
+from torchslim.measure import effective_parameters, is_plain
 
 if TYPE_CHECKING:
     from torchslim.task import Task
@@ -47,7 +47,7 @@ def weight_sparsity(model: nn.Module) -> float:
     """Share of zero values among weight matrices / kernels (dim >= 2)."""
     total = zeros = 0
     for _, tensor in effective_parameters(model):
-        if type(tensor) not in (torch.Tensor, nn.Parameter):  # a tensor subclass (torchao int8)
+        if not is_plain(tensor):  # a tensor subclass (torchao int8): not sparse
             continue
         if tensor.dim() >= 2:
             total += tensor.numel()

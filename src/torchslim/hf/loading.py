@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from torchslim.artifacts import ArtifactFormat, ArtifactIO, module_type, register_format
+from torchslim.artifacts import ArtifactFormat, ArtifactIO, register_format
 from torchslim.errors import CheckpointError, ConfigError, DataError, UnsupportedError
 from torchslim.spec import SUPPORTED_MODEL_TYPES
 
@@ -364,10 +364,7 @@ def describe(module: nn.Module) -> dict[str, Any] | None:
 
 def build(description: dict[str, Any]) -> nn.Module:
     """An empty module from :func:`describe`'s output."""
-    cls = module_type(description.get("type"))
-    if cls is not None:
-        return cls.build(description)
-    from torchslim.structure import build_module
+    from torchslim.structure import build_module  # registered types (Int8Linear, ...) first
 
     return build_module(description)
 

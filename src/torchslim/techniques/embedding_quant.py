@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.artifacts import register_module_type
 from torchslim.errors import ConfigError, UnsupportedError
-from torchslim.structure import register_module_type as register_structure
+from torchslim.structure import register_self_describing
 from torchslim.techniques.base import (
     ApplyContext,
     TechniqueConfig,
@@ -47,7 +46,7 @@ def expected_table_bytes(num: int, dim: int, bits: int, group_size: int = 0) -> 
     return num * packed_row_bytes(dim, bits) + num * _groups(dim, group_size) * 2 * 2
 
 
-@register_module_type
+@register_self_describing
 class QuantEmbedding(nn.Module):
     """An embedding table stored at ``bits`` (4 or 8) with per-row (or per-group) scales.
 
@@ -301,13 +300,4 @@ register_knob(
         model_cost=_table_cost,
         default_for=("size/embedding",),
     )
-)
-
-
-# checkpoints of any model record the replaced layers, so torchslim.load rebuilds them
-register_structure(
-    QuantEmbedding,
-    lambda module: {k: v for k, v in module.describe().items() if k != "type"},
-    lambda args: QuantEmbedding.build(args),
-    replaces=True,
 )

@@ -32,10 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim.artifacts import register_module_type
 from torchslim.batches import calibration_batches
 from torchslim.errors import ConfigError, UnsupportedError
-from torchslim.structure import register_module_type as register_structure
+from torchslim.structure import register_self_describing
 from torchslim.techniques.base import (
     ApplyContext,
     Scope,
@@ -68,7 +67,7 @@ def register_value_out_finder(finder: ValueOutFinder) -> ValueOutFinder:
     return finder
 
 
-@register_module_type
+@register_self_describing
 class Int8Linear(nn.Module):
     """A Linear layer with an int8 per-channel weight and dynamic int8 activations.
 
@@ -482,13 +481,4 @@ register_knob(
         exclusive="Linear layers",
         default_for=("size/embedding",),
     )
-)
-
-
-# checkpoints of any model record the replaced layers, so torchslim.load rebuilds them
-register_structure(
-    Int8Linear,
-    lambda module: {k: v for k, v in module.describe().items() if k != "type"},
-    lambda args: Int8Linear.build(args),
-    replaces=True,
 )
